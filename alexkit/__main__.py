@@ -1,0 +1,3 @@
+from alexkit.cli import main
+
+main()

@@ -1,0 +1,75 @@
+"""The ``alexkit`` command line: a thin Typer app over the library.
+
+Every command lives in ``alexkit/commands/<area>.py`` and is registered here. No
+TensorFlow is imported at module level anywhere on this path, so ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+from alexkit import __version__
+from alexkit.commands._common import STATE, setup_logging
+
+app = typer.Typer(
+    name="alexkit",
+    help="AlexNet transfer learning: pretrain, finetune, evaluate, extract.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+# Order is the order of `alexkit --help`.
+COMMAND_MODULES = (
+    "demo",
+    "model",
+    "weights",
+    "data",
+    "recipes",
+    "train",
+    "evaluate",
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"alexkit {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version_callback, is_eager=True, help="Show the version."
+    ),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details."),
+) -> None:
+    """AlexNet transfer learning on Keras 3: the 2012 paper, faithfully, on your images.
+
+    Exit codes: 0 ok, 1 bug, 2 usage, 3 data, 4 checkpoint, 130 interrupted.
+    """
+    STATE["debug"] = debug
+    setup_logging(verbose)
+
+
+for _name in COMMAND_MODULES:
+    try:
+        _module = importlib.import_module(f"alexkit.commands.{_name}")
+    except ModuleNotFoundError as _exc:  # an area not built yet
+        if _exc.name != f"alexkit.commands.{_name}":
+            raise
+        continue
+    _module.register(app)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

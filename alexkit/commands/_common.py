@@ -1,0 +1,87 @@
+"""What every CLI command shares: consoles, error mapping, JSON output."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from alexkit.errors import EXIT_INTERRUPTED, AlexkitError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Set by the root callback (--debug); read by `guarded`.
+STATE: dict[str, Any] = {"debug": False}
+
+
+def _no_color() -> bool:
+    return bool(os.environ.get("NO_COLOR"))
+
+
+def out_console() -> Console:
+    """Console for results (stdout). No colour when NO_COLOR is set or not a TTY."""
+    return Console(file=sys.stdout, no_color=_no_color(), soft_wrap=True)
+
+
+def err_console() -> Console:
+    """Console for progress and diagnostics (stderr)."""
+    return Console(file=sys.stderr, no_color=_no_color(), stderr=True)
+
+
+def print_json(obj: Any) -> None:
+    """Print ``obj`` as JSON on stdout, and nothing else."""
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def fail(message: str, code: int) -> typer.Exit:
+    """Print ``error: message`` on stderr and return the Exit to raise."""
+    err_console().print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    return typer.Exit(code)
+
+
+def guarded(func: F) -> F:
+    """Map AlexkitError to a one-line message and its exit code; Ctrl-C to 130.
+
+    With ``alexkit --debug`` the traceback is kept instead.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except AlexkitError as exc:
+            if STATE["debug"]:
+                raise
+            message = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+            raise fail(_escape(message), exc.exit_code) from None
+        except KeyboardInterrupt:
+            if STATE["debug"]:
+                raise
+            raise fail("interrupted", EXIT_INTERRUPTED) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Library logs go to stderr; INFO with --verbose, WARNING otherwise."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # TensorFlow's C++ chatter is noise for our users.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

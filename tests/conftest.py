@@ -1,0 +1,52 @@
+"""Shared fixtures. Every test gets its own ALEXKIT_HOME so nothing touches ~/.cache."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def alexkit_home(tmp_path_factory, monkeypatch):
+    home = tmp_path_factory.mktemp("alexkit_home")
+    monkeypatch.setenv("ALEXKIT_HOME", str(home))
+    return home
+
+
+def write_class_images(root, classes, per_class, size=(48, 40), fmt="PNG", seed=0):
+    """Write a learnable folder-per-class set: each class has its own colour and bar.
+
+    Returns the list of written paths. Images are RGB; class k is tinted by a fixed
+    colour and has a horizontal bar at a class-dependent height, plus noise.
+    """
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    paths = []
+    w, h = size
+    for k, name in enumerate(classes):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        colour = np.array([(97 * k) % 256, (57 * k + 80) % 256, (151 * k + 30) % 256])
+        for i in range(per_class):
+            img = rng.integers(0, 60, size=(h, w, 3)) + colour * 0.7
+            band = int((k + 1) * h / (len(classes) + 1))
+            img[max(0, band - 3) : band + 3, :, :] = 255 - colour
+            img = np.clip(img, 0, 255).astype(np.uint8)
+            ext = {"PNG": "png", "JPEG": "jpg", "BMP": "bmp"}[fmt]
+            path = folder / f"{name}_{i:03d}.{ext}"
+            Image.fromarray(img).save(path, format=fmt)
+            paths.append(path)
+    return paths
+
+
+@pytest.fixture
+def class_folder(tmp_path):
+    """A small learnable folder-per-class dataset: 3 classes × 12 PNGs."""
+    root = tmp_path / "images"
+    write_class_images(root, ["alpha", "beta", "gamma"], 12)
+    return root
