@@ -7,13 +7,51 @@ TensorFlow is imported at module level anywhere on this path, so ``--help`` is i
 from __future__ import annotations
 
 import importlib
+import sys
 
 import typer
+from typer.core import TyperGroup
+
+try:  # Typer >= 0.25 vendors click; older releases use the click package.
+    from typer._click import exceptions as click
+except ImportError:  # pragma: no cover
+    import click  # type: ignore[no-redef]
 
 from alexkit import __version__
-from alexkit.commands._common import STATE, setup_logging
+from alexkit.commands._common import STATE, err_console, setup_logging
+from alexkit.errors import EXIT_INTERRUPTED, EXIT_USAGE
+
+
+class AlexkitGroup(TyperGroup):
+    """Root group: click's usage errors become one line on stderr and exit 2."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except click.UsageError as exc:
+            hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+            _one_line(f"{exc.format_message()}{hint}")
+            sys.exit(EXIT_USAGE)
+        except click.ClickException as exc:
+            _one_line(exc.format_message())
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            _one_line("interrupted")
+            sys.exit(EXIT_INTERRUPTED)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _one_line(message: str) -> None:
+    from rich.markup import escape
+
+    text = " ".join(message.split())
+    err_console().print(f"[bold red]error:[/] {escape(text)}", highlight=False)
+
 
 app = typer.Typer(
+    cls=AlexkitGroup,
     name="alexkit",
     help="AlexNet transfer learning: pretrain, finetune, evaluate, extract.",
     no_args_is_help=True,

@@ -1,0 +1,362 @@
+"""AlexNet as a Keras 3 Functional model, plus head swapping, freezing and feature taps.
+
+Two variants:
+
+- ``original``: Krizhevsky, Sutskever & Hinton, "ImageNet Classification with Deep
+  Convolutional Neural Networks" (NIPS 2012) — 227×227 input, grouped conv2/4/5 (the
+  two-GPU split), Local Response Normalization after conv1 and conv2, overlapping 3×3/2
+  max pooling, dropout 0.5 on fc6 and fc7. 60,965,224 parameters for 1000 classes.
+- ``torchvision``: the single-tower "One weird trick" layout (Krizhevsky 2014,
+  arXiv:1404.5997) that torchvision ships — 224×224 input, widths 64-192-384-256-256, no
+  LRN, no groups, dropout before fc6 and fc7. 61,100,840 parameters.
+
+The model takes raw RGB pixels in [0, 255] (NHWC); the ``preprocess`` layer subtracts the
+mean (and divides by the std) the variant's weights expect, so a saved model needs no
+outside preprocessing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+
+from alexkit.layers import GroupedConv2D, LocalResponseNormalization, Preprocess
+
+# Per-variant preprocessing and geometry. mean/std are in 0..255 pixel units.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "original": {
+        "image_size": 227,
+        "resize": 256,
+        # Per-channel ImageNet mean: the common stand-in for the paper's mean image.
+        "mean": (123.68, 116.779, 103.939),
+        "std": (1.0, 1.0, 1.0),
+        "paper": "Krizhevsky, Sutskever & Hinton, NIPS 2012",
+    },
+    "torchvision": {
+        "image_size": 224,
+        "resize": 256,
+        "mean": (0.485 * 255, 0.456 * 255, 0.406 * 255),
+        "std": (0.229 * 255, 0.224 * 255, 0.225 * 255),
+        "paper": "Krizhevsky 2014, arXiv:1404.5997 (torchvision models/alexnet.py)",
+    },
+}
+
+# Public layer names, in order (weights import, freeze and extract depend on them).
+LAYER_NAMES = (
+    "conv1",
+    "lrn1",
+    "pool1",
+    "conv2",
+    "lrn2",
+    "pool2",
+    "conv3",
+    "conv4",
+    "conv5",
+    "pool5",
+    "fc6",
+    "fc7",
+    "predictions",
+)
+# Layers that carry weights, in order; `trainable_from` takes one of these.
+WEIGHT_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "predictions")
+HEAD_PREFIX = "head_"
+
+_BIAS_ONE_LAYERS = {"conv2", "conv4", "conv5", "fc6", "fc7"}
+_BIAS_INIT = {"paper": 1.0, "caffe": 0.1}
+
+
+def build_alexnet(
+    variant: str = "original",
+    num_classes: int = 1000,
+    input_shape: tuple[int, int, int] | None = None,
+    include_top: bool = True,
+    dropout: float = 0.5,
+    bias_init: str = "paper",
+    kernel_init: str = "paper",
+    lrn: str = "paper",
+    classifier_activation: str | None = "softmax",
+    grouped_implementation: str = "auto",
+    seed: int | None = None,
+    name: str | None = None,
+) -> keras.Model:
+    """Build AlexNet.
+
+    Args:
+        variant: ``"original"`` (2012 paper) or ``"torchvision"`` (One weird trick).
+        num_classes: size of the ``predictions`` layer.
+        input_shape: (H, W, 3). Defaults to 227×227×3 / 224×224×3. With
+            ``include_top=True`` it must be the default (the classifier expects 6×6×256).
+        include_top: add fc6, fc7 and ``predictions``; without it the model ends at
+            ``pool5`` (6×6×256 for the default size).
+        dropout: dropout rate of the two hidden fully-connected layers (0.5 in the paper).
+        bias_init: ``"paper"`` (biases 1 in conv2, conv4, conv5, fc6, fc7; 0 elsewhere)
+            or ``"caffe"`` (0.1 there instead: Caffe found 1 can stall training).
+        kernel_init: ``"paper"`` (all weights N(0, 0.01)) or ``"he"`` (He-normal, which
+            trains from scratch faster on small data).
+        lrn: LRN constants of the ``original`` variant: ``"paper"`` (k=2, alpha=1e-4) or
+            ``"caffe"`` (k=1, alpha=1e-4/5: what Caffe-trained ``bvlc_alexnet`` needs).
+        classifier_activation: ``"softmax"`` (default) or ``None`` for logits.
+        grouped_implementation: how conv2/4/5 compute their groups (see
+            :class:`alexkit.layers.GroupedConv2D`); the function is the same.
+        seed: seed for the initializers (reproducible weights).
+        name: model name; defaults to ``alexnet_<variant>``.
+
+    Returns:
+        A Functional ``keras.Model`` taking raw RGB pixels in [0, 255].
+
+    Raises:
+        ValueError: for an unknown variant or inconsistent arguments.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(
+            f"variant must be one of {sorted(VARIANTS)}. Received: variant={variant!r}"
+        )
+    if bias_init not in _BIAS_INIT:
+        raise ValueError(
+            f"bias_init must be one of {sorted(_BIAS_INIT)}. Received: bias_init={bias_init!r}"
+        )
+    if kernel_init not in ("paper", "he"):
+        raise ValueError(
+            f"kernel_init must be 'paper' or 'he'. Received: kernel_init={kernel_init!r}"
+        )
+    if lrn not in ("paper", "caffe"):
+        raise ValueError(f"lrn must be 'paper' or 'caffe'. Received: lrn={lrn!r}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1. Received: num_classes={num_classes}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1). Received: dropout={dropout}")
+    spec = VARIANTS[variant]
+    default_shape = (spec["image_size"], spec["image_size"], 3)
+    if input_shape is None:
+        input_shape = default_shape
+    input_shape = tuple(input_shape)
+    if len(input_shape) != 3 or input_shape[-1] != 3:
+        raise ValueError(f"input_shape must be (H, W, 3). Received: input_shape={input_shape}")
+    if include_top and input_shape != default_shape:
+        raise ValueError(
+            f"include_top=True needs input_shape={default_shape} for variant {variant!r}. "
+            f"Received: input_shape={input_shape}"
+        )
+
+    seeds = iter(range(0 if seed is None else seed * 100, 10**9))
+
+    def kernel_initializer():
+        s = None if seed is None else next(seeds)
+        if kernel_init == "he":
+            return keras.initializers.HeNormal(seed=s)
+        return keras.initializers.RandomNormal(mean=0.0, stddev=0.01, seed=s)
+
+    def bias_initializer(layer: str):
+        if layer in _BIAS_ONE_LAYERS and variant == "original":
+            return keras.initializers.Constant(_BIAS_INIT[bias_init])
+        return keras.initializers.Zeros()
+
+    def conv(filters, size, layer, strides=1, padding="same", groups=1):
+        common = dict(
+            strides=strides,
+            padding=padding,
+            activation="relu",
+            kernel_initializer=kernel_initializer(),
+            bias_initializer=bias_initializer(layer),
+            name=layer,
+        )
+        if groups > 1:
+            return GroupedConv2D(
+                filters, size, groups=groups, implementation=grouped_implementation, **common
+            )
+        return keras.layers.Conv2D(filters, size, **common)
+
+    def dense(units, layer, activation="relu", **kwargs):
+        return keras.layers.Dense(
+            units,
+            activation=activation,
+            kernel_initializer=kernel_initializer(),
+            bias_initializer=bias_initializer(layer),
+            name=layer,
+            **kwargs,
+        )
+
+    def pool(layer):
+        return keras.layers.MaxPooling2D(pool_size=3, strides=2, padding="valid", name=layer)
+
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = Preprocess(spec["mean"], spec["std"], name="preprocess")(inputs)
+    if variant == "original":
+        make_lrn = (
+            LocalResponseNormalization.caffe if lrn == "caffe" else LocalResponseNormalization
+        )
+        x = conv(96, 11, "conv1", strides=4, padding="valid")(x)
+        x = make_lrn(name="lrn1")(x)
+        x = pool("pool1")(x)
+        x = conv(256, 5, "conv2", groups=2)(x)
+        x = make_lrn(name="lrn2")(x)
+        x = pool("pool2")(x)
+        x = conv(384, 3, "conv3")(x)
+        x = conv(384, 3, "conv4", groups=2)(x)
+        x = conv(256, 3, "conv5", groups=2)(x)
+        x = pool("pool5")(x)
+    else:
+        # torchvision pads conv1 by 2 and then runs a valid 11×11/4 convolution.
+        x = keras.layers.ZeroPadding2D(2, name="conv1_pad")(x)
+        x = conv(64, 11, "conv1", strides=4, padding="valid")(x)
+        x = pool("pool1")(x)
+        x = conv(192, 5, "conv2")(x)
+        x = pool("pool2")(x)
+        x = conv(384, 3, "conv3")(x)
+        x = conv(256, 3, "conv4")(x)
+        x = conv(256, 3, "conv5")(x)
+        x = pool("pool5")(x)
+        # torchvision's AdaptiveAvgPool2d(6) is the identity on the 6×6 map of a 224 input.
+
+    if include_top:
+        # Keras flattens (H, W, C); PyTorch/Caffe flatten (C, H, W): importers reorder fc6.
+        x = keras.layers.Flatten(name="flatten")(x)
+        if variant == "original":
+            x = dense(4096, "fc6")(x)
+            x = keras.layers.Dropout(dropout, name="drop6")(x)
+            x = dense(4096, "fc7")(x)
+            x = keras.layers.Dropout(dropout, name="drop7")(x)
+        else:
+            x = keras.layers.Dropout(dropout, name="drop6")(x)
+            x = dense(4096, "fc6")(x)
+            x = keras.layers.Dropout(dropout, name="drop7")(x)
+            x = dense(4096, "fc7")(x)
+        # float32 output keeps softmax stable under mixed precision.
+        x = dense(num_classes, "predictions", activation=classifier_activation, dtype="float32")(x)
+    return keras.Model(inputs, x, name=name or f"alexnet_{variant}")
+
+
+def variant_of(model: keras.Model) -> str:
+    """Tell which variant a model is by its layers (LRN ⇒ original)."""
+    names = {layer.name for layer in model.layers}
+    return "original" if "lrn1" in names else "torchvision"
+
+
+def replace_head(
+    model: keras.Model,
+    num_classes: int,
+    dropout: float | None = None,
+    hidden_units: int | None = None,
+    classifier_activation: str | None = "softmax",
+    seed: int | None = None,
+) -> keras.Model:
+    """Return a model with a new ``predictions`` layer of ``num_classes`` units.
+
+    Every layer below the head is shared with ``model``, so its weights are
+    bit-identical. Optionally inserts ``head_dropout`` and a ``head_hidden`` ReLU layer
+    (with ``head_hidden_dropout``) before the new classifier.
+
+    Args:
+        model: an AlexNet built by :func:`build_alexnet` (with its top).
+        num_classes: classes of the new task.
+        dropout: dropout rate before the new layers (None: none added).
+        hidden_units: width of an optional extra hidden layer.
+        classifier_activation: ``"softmax"`` or ``None``.
+        seed: initializer seed for the new layers.
+
+    Returns:
+        A new Functional model.
+    """
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1. Received: num_classes={num_classes}")
+    try:
+        old_head = model.get_layer("predictions")
+    except ValueError as exc:
+        raise ValueError(
+            "replace_head needs a model with a 'predictions' layer (include_top=True)."
+        ) from exc
+    x = old_head.input
+    if dropout:
+        x = keras.layers.Dropout(dropout, name=f"{HEAD_PREFIX}dropout")(x)
+    if hidden_units:
+        x = keras.layers.Dense(
+            hidden_units,
+            activation="relu",
+            kernel_initializer=keras.initializers.HeNormal(seed=seed),
+            name=f"{HEAD_PREFIX}hidden",
+        )(x)
+        if dropout:
+            x = keras.layers.Dropout(dropout, name=f"{HEAD_PREFIX}hidden_dropout")(x)
+    outputs = keras.layers.Dense(
+        num_classes,
+        activation=classifier_activation,
+        kernel_initializer=keras.initializers.GlorotUniform(seed=seed),
+        name="predictions",
+        dtype="float32",
+    )(x)
+    return keras.Model(model.input, outputs, name=model.name)
+
+
+def freeze(model: keras.Model, trainable_from: str | None = None) -> keras.Model:
+    """Freeze the layers below ``trainable_from``; train it and everything after.
+
+    Args:
+        model: an AlexNet model.
+        trainable_from: a layer name (e.g. ``"conv4"``, ``"fc6"``); ``None`` trains only
+            the head (``predictions`` and any ``head_*`` layers).
+
+    Returns:
+        The same model (modified in place). Re-compile it before training.
+
+    Raises:
+        ValueError: if ``trainable_from`` is not a layer of the model.
+    """
+    names = [layer.name for layer in model.layers]
+    if trainable_from is not None and trainable_from not in names:
+        raise ValueError(
+            f"trainable_from must be a layer of the model, one of "
+            f"{[n for n in names if n in WEIGHT_LAYERS]}. Received: {trainable_from!r}"
+        )
+    trainable = False
+    for layer in model.layers:
+        if trainable_from is None:
+            layer.trainable = layer.name == "predictions" or layer.name.startswith(HEAD_PREFIX)
+            continue
+        if layer.name == trainable_from:
+            trainable = True
+        layer.trainable = trainable
+    return model
+
+
+def feature_extractor(model: keras.Model, layer: str = "fc7", pool: str = "none") -> keras.Model:
+    """A model from raw pixels to the output of ``layer`` (post-activation).
+
+    Args:
+        model: an AlexNet model.
+        layer: a layer name, e.g. ``fc7``, ``fc6``, ``pool5``, ``conv5``.
+        pool: ``"none"`` keeps the layer's shape; ``"avg"`` global-average-pools
+            spatial maps to one vector per image (no effect on dense layers).
+
+    Returns:
+        A Functional model sharing ``model``'s weights.
+    """
+    if pool not in ("none", "avg"):
+        raise ValueError(f"pool must be 'none' or 'avg'. Received: pool={pool!r}")
+    try:
+        output = model.get_layer(layer).output
+    except ValueError as exc:
+        names = [layer_.name for layer_ in model.layers]
+        raise ValueError(f"layer must be one of {names}. Received: layer={layer!r}") from exc
+    if len(output.shape) == 4:
+        if pool == "avg":
+            output = keras.layers.GlobalAveragePooling2D(name=f"{layer}_avg")(output)
+        else:
+            output = keras.layers.Flatten(name=f"{layer}_flat")(output)
+    return keras.Model(model.input, output, name=f"{model.name}_{layer}")
+
+
+def layer_table(model: keras.Model) -> list[dict[str, Any]]:
+    """One row per layer: name, type, output shape (without batch), parameter count."""
+    rows = []
+    for layer in model.layers:
+        shape = layer.output.shape if hasattr(layer, "output") else None
+        rows.append(
+            {
+                "name": layer.name,
+                "type": type(layer).__name__,
+                "output_shape": list(shape[1:]) if shape is not None else None,
+                "params": int(layer.count_params()),
+            }
+        )
+    return rows

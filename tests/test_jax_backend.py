@@ -1,0 +1,89 @@
+"""The model code is backend-agnostic: the same weights give the same numbers under JAX.
+
+Keras picks its backend at import, so the JAX side runs in a subprocess.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from alexkit.model import build_alexnet
+
+JAX_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    import keras
+    assert keras.backend.backend() == "jax", keras.backend.backend()
+    from alexkit.layers import LocalResponseNormalization
+    from alexkit.model import build_alexnet
+    data = np.load(sys.argv[1])
+    lrn = LocalResponseNormalization()(data["lrn_x"])
+    results = {"lrn": np.asarray(lrn)}
+    for variant in ("original", "torchvision"):
+        model = build_alexnet(variant, num_classes=7)
+        model.load_weights(sys.argv[2] + f"/{variant}.weights.h5")
+        results[variant] = np.asarray(model(data[variant + "_x"], training=False))
+        loaded = keras.saving.load_model(sys.argv[2] + f"/{variant}.keras")
+        results[variant + "_loaded"] = np.asarray(loaded(data[variant + "_x"], training=False))
+    np.savez(sys.argv[3], **results)
+    """
+)
+
+
+@pytest.mark.slow
+def test_model_and_lrn_identical_under_jax(tmp_path):
+    pytest.importorskip("jax", reason="jax is in the dev extra; CI installs it")
+    rng = np.random.default_rng(0)
+    inputs = {"lrn_x": (rng.standard_normal((2, 3, 3, 13)) * 80).astype("float32")}
+    expected = {
+        "lrn": tf.nn.local_response_normalization(
+            inputs["lrn_x"], depth_radius=2, bias=2.0, alpha=1e-4, beta=0.75
+        ).numpy()
+    }
+    for variant, size in (("original", 227), ("torchvision", 224)):
+        model = build_alexnet(variant, num_classes=7, seed=1)
+        # Make activations non-trivial: the paper's N(0, 0.01) init fades to ~0 by fc8.
+        for layer in model.layers:
+            if layer.weights:
+                kernel = layer.weights[0]
+                fan_in = int(np.prod(kernel.shape[:-1]))
+                w = rng.standard_normal(kernel.shape).astype("float32") * np.sqrt(2.0 / fan_in)
+                layer.weights[0].assign(w)
+        model.save_weights(tmp_path / f"{variant}.weights.h5")
+        model.save(tmp_path / f"{variant}.keras")
+        x = rng.uniform(0, 255, (2, size, size, 3)).astype("float32")
+        inputs[f"{variant}_x"] = x
+        expected[variant] = model(x, training=False).numpy()
+    np.savez(tmp_path / "in.npz", **inputs)
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            JAX_SCRIPT,
+            str(tmp_path / "in.npz"),
+            str(tmp_path),
+            str(tmp_path / "out.npz"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = np.load(tmp_path / "out.npz")
+    np.testing.assert_allclose(got["lrn"], expected["lrn"], rtol=1e-5, atol=1e-6)
+    for variant in ("original", "torchvision"):
+        assert expected[variant].std() > 1e-3  # a real, non-uniform softmax
+        np.testing.assert_allclose(got[variant], expected[variant], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(
+            got[variant + "_loaded"], expected[variant], rtol=1e-4, atol=1e-5
+        )

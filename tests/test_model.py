@@ -1,0 +1,174 @@
+"""AlexNet's structure checked against REFERENCE.md: shapes, parameter counts, init, heads."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from alexkit.model import (
+    VARIANTS,
+    build_alexnet,
+    feature_extractor,
+    freeze,
+    replace_head,
+    variant_of,
+)
+
+# REFERENCE.md: per-stage output shapes and parameters of the 2012 network.
+ORIGINAL_STAGES = {
+    "conv1": ((55, 55, 96), 34_944),
+    "pool1": ((27, 27, 96), 0),
+    "conv2": ((27, 27, 256), 307_456),
+    "pool2": ((13, 13, 256), 0),
+    "conv3": ((13, 13, 384), 885_120),
+    "conv4": ((13, 13, 384), 663_936),
+    "conv5": ((13, 13, 256), 442_624),
+    "pool5": ((6, 6, 256), 0),
+    "flatten": ((9216,), 0),
+    "fc6": ((4096,), 37_752_832),
+    "fc7": ((4096,), 16_781_312),
+    "predictions": ((1000,), 4_097_000),
+}
+
+
+@pytest.fixture(scope="module")
+def original():
+    return build_alexnet("original", seed=0)
+
+
+@pytest.fixture(scope="module")
+def torchvision_model():
+    return build_alexnet("torchvision", seed=0)
+
+
+def test_original_stage_shapes_and_params(original):
+    for name, (shape, params) in ORIGINAL_STAGES.items():
+        layer = original.get_layer(name)
+        assert tuple(layer.output.shape[1:]) == shape, name
+        assert layer.count_params() == params, name
+    assert original.count_params() == 60_965_224
+    assert tuple(original.input_shape[1:]) == (227, 227, 3)
+
+
+def test_original_grouped_kernels_have_bvlc_shapes(original):
+    assert tuple(original.get_layer("conv2").kernel.shape) == (5, 5, 48, 256)
+    assert tuple(original.get_layer("conv4").kernel.shape) == (3, 3, 192, 384)
+    assert tuple(original.get_layer("conv5").kernel.shape) == (3, 3, 192, 256)
+
+
+def test_original_without_groups_would_have_more_params():
+    # REFERENCE.md: 62,378,344 without groups; recompute from ungrouped kernels.
+    ungrouped = 60_965_224 + (5 * 5 * 48 * 256) + (3 * 3 * 192 * 384) + (3 * 3 * 192 * 256)
+    assert ungrouped == 62_378_344
+
+
+def test_lrn_constants_paper_and_caffe(original):
+    lrn = original.get_layer("lrn1")
+    assert (lrn.depth_radius, lrn.bias, lrn.alpha, lrn.beta) == (2, 2.0, 1e-4, 0.75)
+    caffe = build_alexnet("original", lrn="caffe", include_top=False)
+    assert caffe.get_layer("lrn2").alpha == pytest.approx(2e-5)
+    assert caffe.get_layer("lrn2").bias == 1.0
+
+
+def test_torchvision_params_and_shapes(torchvision_model):
+    assert torchvision_model.count_params() == 61_100_840
+    assert tuple(torchvision_model.input_shape[1:]) == (224, 224, 3)
+    assert tuple(torchvision_model.get_layer("conv1").output.shape[1:]) == (55, 55, 64)
+    assert tuple(torchvision_model.get_layer("pool5").output.shape[1:]) == (6, 6, 256)
+    names = [layer.name for layer in torchvision_model.layers]
+    assert "lrn1" not in names and names.index("drop6") < names.index("fc6")
+    assert variant_of(torchvision_model) == "torchvision"
+
+
+@pytest.mark.parametrize(
+    "classes,total", [(2, 56_876_418), (38, 57_023_910), (10, 56_868_224 + 4097 * 10)]
+)
+def test_new_head_param_count(original, classes, total):
+    assert build_alexnet("original", num_classes=classes).count_params() == total
+    assert replace_head(original, classes).count_params() == total
+
+
+def test_paper_init(original):
+    for name in ("conv1", "conv3", "predictions"):
+        assert not np.any(original.get_layer(name).bias.numpy())
+    for name in ("conv2", "conv4", "conv5", "fc6", "fc7"):
+        np.testing.assert_array_equal(original.get_layer(name).bias.numpy(), 1.0)
+    w = original.get_layer("fc6").kernel.numpy()
+    assert abs(float(w.mean())) < 1e-4
+    assert float(w.std()) == pytest.approx(0.01, rel=0.01)
+    caffe = build_alexnet("original", bias_init="caffe", num_classes=3)
+    np.testing.assert_allclose(caffe.get_layer("fc7").bias.numpy(), 0.1)
+
+
+def test_preprocess_uses_variant_mean_std(original, torchvision_model):
+    assert original.get_layer("preprocess").mean == pytest.approx(
+        list(VARIANTS["original"]["mean"])
+    )
+    std = torchvision_model.get_layer("preprocess").std
+    assert std == pytest.approx([0.229 * 255, 0.224 * 255, 0.225 * 255])
+
+
+def test_replace_head_keeps_lower_weights_bit_identical(original):
+    before = {w.path: w.numpy().copy() for w in original.weights if "predictions" not in w.path}
+    new = replace_head(original, 5, dropout=0.3, hidden_units=64, seed=1)
+    assert new.output_shape == (None, 5)
+    after = {w.path: w.numpy() for w in new.weights}
+    for path, value in before.items():
+        np.testing.assert_array_equal(after[path], value)
+    assert new.get_layer("head_hidden").units == 64
+
+
+def test_freeze_by_layer_name(original):
+    model = replace_head(original, 3)
+    freeze(model, trainable_from="conv4")
+    trainable = {layer.name for layer in model.layers if layer.trainable and layer.weights}
+    assert trainable == {"conv4", "conv5", "fc6", "fc7", "predictions"}
+    freeze(model)
+    assert {layer.name for layer in model.layers if layer.trainable and layer.weights} == {
+        "predictions"
+    }
+    with pytest.raises(ValueError, match="trainable_from"):
+        freeze(model, trainable_from="conv9")
+    for layer in model.layers:
+        layer.trainable = True
+
+
+def test_feature_extractor_matches_layer_output(original):
+    x = np.random.default_rng(0).uniform(0, 255, (2, 227, 227, 3)).astype("float32")
+    fc7 = feature_extractor(original, "fc7")(x)
+    pool5 = feature_extractor(original, "pool5")(x)
+    pooled = feature_extractor(original, "conv5", pool="avg")(x)
+    assert fc7.shape == (2, 4096) and pool5.shape == (2, 9216) and pooled.shape == (2, 256)
+    conv5 = keras.Model(original.inputs, original.get_layer("conv5").output)(x)
+    np.testing.assert_allclose(pooled, keras.ops.mean(conv5, axis=(1, 2)), rtol=1e-5, atol=1e-6)
+
+
+def test_keras_round_trip_identical_outputs(tmp_path):
+    model = build_alexnet("original", num_classes=4, seed=3)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    x = np.random.default_rng(1).uniform(0, 255, (2, 227, 227, 3)).astype("float32")
+    np.testing.assert_array_equal(model.predict(x, verbose=0), loaded.predict(x, verbose=0))
+    assert [layer.name for layer in loaded.layers] == [layer.name for layer in model.layers]
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"variant": "alexnet2"}, "variant"),
+        ({"bias_init": "ones"}, "bias_init"),
+        ({"input_shape": (128, 128, 3)}, "include_top"),
+        ({"num_classes": 0}, "num_classes"),
+    ],
+)
+def test_bad_arguments_repeat_what_was_received(kwargs, match):
+    with pytest.raises(ValueError, match=match) as info:
+        build_alexnet(**kwargs)
+    assert "Received" in str(info.value)
+
+
+def test_headless_model_accepts_other_sizes():
+    model = build_alexnet("original", include_top=False, input_shape=(259, 259, 3))
+    assert model.output_shape == (None, 7, 7, 256)
