@@ -47,15 +47,21 @@ def fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
-def guarded(func: F) -> F:
+def guarded(func: F | None = None, *, light: bool = False) -> Any:
     """Map AlexkitError to a one-line message and its exit code; Ctrl-C to 130.
 
-    With ``alexkit --debug`` the traceback is kept instead.
+    With ``alexkit --debug`` the traceback is kept instead. Unless ``light=True`` (for
+    commands that never touch TensorFlow), TensorFlow is imported first with its C++
+    start-up chatter (oneDNN, CUDA probes) kept off the user's terminal.
     """
+    if func is None:
+        return functools.partial(guarded, light=light)
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
+            if not light:
+                import_tensorflow_quietly()
             return func(*args, **kwargs)
         except AlexkitError as exc:
             if STATE["debug"]:
@@ -68,6 +74,37 @@ def guarded(func: F) -> F:
             raise fail("interrupted", EXIT_INTERRUPTED) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow with file descriptor 2 pointed at a temporary file.
+
+    TensorFlow's C++ runtime logs to stderr before Python can configure it (and
+    ``TF_CPP_MIN_LOG_LEVEL`` no longer silences all of it). The captured text is replayed
+    if the import fails, so real problems stay visible; ``--debug`` keeps it all.
+    """
+    if "tensorflow" in sys.modules or STATE["debug"]:
+        return
+    import tempfile
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow
+
+            # Device discovery (CUDA probes) logs too: do it here, once.
+            tensorflow.config.list_physical_devices()
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def _escape(text: str) -> str:
