@@ -1,0 +1,347 @@
+"""`alexkit evaluate|extract|predict|probe`: use a trained (or pretrained) AlexNet."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from alexkit.commands._common import err_console, guarded, out_console, print_json
+
+LAYER_HELP = "Layer to read: fc7, fc6, pool5, conv5 or any layer name."
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, enabled: bool = True) -> Iterator[Callable[[int, int], None]]:
+    """A rich progress bar on stderr with img/s; yields ``update(done, total)``."""
+    if not enabled:
+        yield lambda done, total: None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+    from rich.text import Text
+
+    class SpeedColumn(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            # Overall rate since the first image (rich's windowed speed needs many updates).
+            elapsed = task.elapsed or 0.0
+            if not task.completed or elapsed <= 0:
+                return Text("  -- img/s")
+            return Text(f"{task.completed / elapsed:6.1f} img/s")
+
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        SpeedColumn(),
+        TimeElapsedColumn(),
+    )
+    # Started on the first update, so errors found before any image is read
+    # (unknown classes, bad paths) are not preceded by an empty bar.
+    state: dict[str, Any] = {}
+
+    def update(done: int, total: int) -> None:
+        if not state:
+            state["progress"] = Progress(*columns, console=err_console(), transient=False)
+            state["progress"].start()
+            state["task"] = state["progress"].add_task(description, total=total)
+        state["progress"].update(state["task"], completed=done, total=total)
+
+    try:
+        yield update
+    finally:
+        if state:
+            progress, task = state["progress"], state["task"]
+            done = progress.tasks[0].completed
+            progress.update(task, completed=done, total=done)  # skipped images never arrive
+            progress.stop()
+
+
+def _load_source(
+    model: str | None, weights: str | None, variant: str
+) -> tuple[Any, list[str] | None, dict[str, Any]]:
+    """A trained model/run (MODEL) or stored weights (--weights), never both."""
+    from alexkit.errors import UsageError
+
+    if (model is None) == (weights is None):
+        raise UsageError("give either MODEL (a run directory or .keras file) or --weights NAME.")
+    if weights is not None:
+        from alexkit.weights import load_weights_model
+
+        net = load_weights_model(weights, variant)
+        return net, None, {}
+    from alexkit.evaluate import load_trained
+
+    return load_trained(model)
+
+
+def _warn_skipped(skipped: list[tuple[str, str]] | list[dict[str, str]]) -> None:
+    if not skipped:
+        return
+    console = err_console()
+    console.print(f"[yellow]warning:[/] {len(skipped)} unreadable image(s) skipped:")
+    for entry in skipped[:20]:
+        path, reason = (entry["path"], entry["reason"]) if isinstance(entry, dict) else entry
+        console.print(f"  {path}: {reason}", highlight=False, markup=False)
+    if len(skipped) > 20:
+        console.print(f"  … and {len(skipped) - 20} more (all listed in the JSON output)")
+
+
+def _show_report(report: Any, out: Path | None, json_output: bool) -> None:
+    from alexkit.report import render_tables, write_report
+
+    written = write_report(report, out) if out is not None else {}
+    _warn_skipped(report.meta.get("skipped", []))
+    if json_output:
+        data = report.to_dict()
+        if written:
+            data["files"] = {k: str(v) for k, v in written.items()}
+        print_json(data)
+        return
+    console = out_console()
+    for table in render_tables(report):
+        console.print(table)
+    if written:
+        console.print(f"wrote {len(written)} files to {out}: {', '.join(written)}")
+
+
+# --------------------------------------------------------------------------- commands
+
+
+@guarded
+def evaluate(
+    model: str = typer.Argument(..., help="Run directory or .keras file."),
+    data: Path = typer.Option(..., "--data", "-d", help="Labelled images (folders or manifest)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write metrics/CSV/PNG here."),
+    tta: str = typer.Option("center", "--tta", help="center or ten-crop (softmax averaged)."),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", help="Images per forward pass."),
+    threshold: float = typer.Option(0.5, "--threshold", help="Binary: P(class 1) cut-off."),
+    probe: str | None = typer.Option(
+        None, "--probe", help="logreg or svm: fit a linear probe on --train features instead."
+    ),
+    train: Path | None = typer.Option(None, "--train", help="Training images for --probe."),
+    layer: str = typer.Option("fc7", "--layer", help=f"--probe only. {LAYER_HELP}"),
+    json_output: bool = typer.Option(False, "--json", help="Print metrics JSON only."),
+) -> None:
+    """Accuracy, per-class precision/recall/F1, confusion matrix (and ROC for 2 classes).
+
+    Class names come from the run; data with other classes is refused.
+    Example: [bold]alexkit evaluate runs/xray --data chest_xray/test --out eval/[/]
+    """
+    from alexkit.errors import UsageError
+
+    if probe is not None:
+        if train is None:
+            raise UsageError("--probe needs --train PATH (the images to fit the probe on).")
+        from alexkit.evaluate import load_trained, model_image_size
+        from alexkit.probe import run_probe
+
+        net, _names, config = load_trained(model)
+        report = run_probe(
+            net,
+            str(train),
+            str(data),
+            kind=probe,
+            layer=layer,
+            batch_size=batch_size,
+            threshold=threshold,
+            image_size=model_image_size(net, config),
+            grayscale=bool(config.get("grayscale", False)),
+        )
+        report.meta["model"] = model
+        _show_report(report, out, json_output)
+        return
+    if train is not None:
+        raise UsageError("--train is only used with --probe logreg|svm.")
+
+    from alexkit.evaluate import evaluate_model
+
+    with progress_bar("evaluating") as update:
+        report = evaluate_model(
+            model,
+            str(data),
+            tta=tta,
+            batch_size=batch_size,
+            threshold=threshold,
+            progress=update,
+        )
+    _show_report(report, out, json_output)
+
+
+@guarded
+def extract(
+    model: str | None = typer.Argument(None, help="Run directory or .keras file."),
+    weights: str | None = typer.Option(
+        None, "--weights", "-w", help="Stored weights instead of MODEL, e.g. imagenet."
+    ),
+    variant: str = typer.Option("torchvision", "--variant", help="Variant for --weights."),
+    data: Path = typer.Option(..., "--data", "-d", help="Images (folders, manifest, …)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output file (.csv, .parquet, .npy)."),
+    layer: str = typer.Option("fc7", "--layer", help=LAYER_HELP),
+    fmt: str | None = typer.Option(None, "--format", "-f", help="csv, parquet or npy."),
+    pool: str = typer.Option("none", "--pool", help="avg: average conv maps; none: flatten."),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", help="Images per forward pass."),
+    json_output: bool = typer.Option(False, "--json", help="Print a JSON summary only."),
+) -> None:
+    """Write one row of features per image: path, label, then the layer's activations.
+
+    Streams in batches (bounded memory); unreadable images are listed, not fatal.
+    Example: [bold]alexkit extract --weights imagenet --data photos/ --out fc7.parquet[/]
+    """
+    from alexkit.evaluate import load_eval_spec, model_image_size
+    from alexkit.extract import extract_features, resolve_format
+
+    resolve_format(out, fmt)  # fail on a bad name before loading anything
+    net, names, config = _load_source(model, weights, variant)
+    spec = load_eval_spec(str(data), prefer_splits=())  # every image, never re-split
+    with progress_bar(f"extracting {layer}") as update:
+        result = extract_features(
+            net,
+            spec,
+            out,
+            layer=layer,
+            pool=pool,
+            fmt=fmt,
+            batch_size=batch_size,
+            image_size=model_image_size(net, config),
+            grayscale=bool(config.get("grayscale", False)),
+            progress=update,
+        )
+    _warn_skipped(result.skipped)
+    if json_output:
+        print_json(result.to_dict())
+        return
+    extra = f" (+ {result.index_path})" if result.index_path else ""
+    out_console().print(
+        f"wrote {result.rows} × {result.dim} {layer} features to {result.path}{extra} "
+        f"at {result.images_per_second:.1f} img/s; {len(result.skipped)} skipped"
+    )
+
+
+@guarded
+def predict(
+    model: str = typer.Argument(..., help="Run directory or .keras file."),
+    images: list[Path] = typer.Argument(..., help="Image files and/or folders."),
+    top_k: int = typer.Option(5, "--top-k", "-k", help="How many classes per image."),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", help="Images per forward pass."),
+    json_output: bool = typer.Option(False, "--json", help="Print JSON only."),
+    csv_output: bool = typer.Option(False, "--csv", help="Print CSV: path, class, probability."),
+) -> None:
+    """Class names and probabilities for each image.
+
+    Example: [bold]alexkit predict runs/plants leaf1.jpg leaves/ --top-k 3[/]
+    """
+    from alexkit.errors import UsageError
+
+    if json_output and csv_output:
+        raise UsageError("choose one of --json and --csv.")
+    if top_k < 1:
+        raise UsageError(f"--top-k must be >= 1; received {top_k}.")
+    from alexkit.evaluate import load_trained, model_image_size
+    from alexkit.predict import predict_images
+
+    net, names, config = load_trained(model)
+    with progress_bar("predicting", enabled=True) as update:
+        result = predict_images(
+            net,
+            names,
+            [str(p) for p in images],
+            batch_size=batch_size,
+            image_size=model_image_size(net, config),
+            grayscale=bool(config.get("grayscale", False)),
+            progress=update,
+        )
+    _warn_skipped(result.skipped)
+    records = result.to_records(top_k)
+    if json_output:
+        print_json(
+            {
+                "predictions": records,
+                "skipped": [{"path": p, "reason": r} for p, r in result.skipped],
+            }
+        )
+        return
+    if csv_output:
+        import csv
+        import sys
+
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["path", "rank", "class", "probability"])
+        for rec in records:
+            for rank, entry in enumerate(rec["top_k"], 1):
+                writer.writerow([rec["path"], rank, entry["class"], f"{entry['probability']:.6g}"])
+        return
+    from rich.table import Table
+
+    table = Table(title=f"Top-{min(top_k, len(names))} predictions")
+    table.add_column("image", overflow="fold")
+    table.add_column("predicted", style="bold")
+    table.add_column("probability", justify="right")
+    table.add_column("others")
+    for rec in records:
+        others = ", ".join(f"{e['class']} {e['probability']:.1%}" for e in rec["top_k"][1:])
+        table.add_row(rec["path"], rec["predicted"], f"{rec['probability']:.1%}", others)
+    out_console().print(table)
+
+
+@guarded
+def probe(
+    model: str | None = typer.Argument(None, help="Run directory or .keras file (features)."),
+    weights: str | None = typer.Option(
+        None, "--weights", "-w", help="Stored weights instead of MODEL, e.g. imagenet."
+    ),
+    variant: str = typer.Option("torchvision", "--variant", help="Variant for --weights."),
+    train: Path = typer.Option(..., "--train", help="Labelled images to fit the probe on."),
+    data: Path = typer.Option(..., "--data", "-d", help="Labelled images to evaluate on."),
+    kind: str = typer.Option("logreg", "--probe", help="logreg or svm."),
+    layer: str = typer.Option("fc7", "--layer", help=LAYER_HELP),
+    pool: str = typer.Option("none", "--pool", help="avg: average conv maps; none: flatten."),
+    c: float = typer.Option(1.0, "--c", help="Inverse regularisation strength."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write metrics/CSV/PNG here."),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", help="Images per forward pass."),
+    threshold: float = typer.Option(0.5, "--threshold", help="Binary: P(class 1) cut-off."),
+    json_output: bool = typer.Option(False, "--json", help="Print metrics JSON only."),
+) -> None:
+    """Linear probe: fit logistic regression or a linear SVM on frozen AlexNet features.
+
+    The classic "AlexNet fc7 + SVM" baseline, with the same report as `evaluate`.
+    Example: [bold]alexkit probe -w imagenet --train data/train --data data/test --probe svm[/]
+    """
+    from alexkit.evaluate import model_image_size
+    from alexkit.probe import run_probe
+
+    net, _names, config = _load_source(model, weights, variant)
+    report = run_probe(
+        net,
+        str(train),
+        str(data),
+        kind=kind,
+        layer=layer,
+        pool=pool,
+        c=c,
+        batch_size=batch_size,
+        threshold=threshold,
+        image_size=model_image_size(net, config),
+        grayscale=bool(config.get("grayscale", False)),
+    )
+    report.meta["model"] = model or f"weights:{weights}"
+    _show_report(report, out, json_output)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("evaluate")(evaluate)
+    app.command("extract")(extract)
+    app.command("predict")(predict)
+    app.command("probe")(probe)

@@ -1,0 +1,562 @@
+"""Classification metrics as arrays (``EvalReport``), and running a trained model on data.
+
+``compute_report`` is pure numpy over ``(y_true, probs)`` so that every number can be
+checked against scikit-learn; ``evaluate_model`` loads a run or a ``.keras`` file, streams
+the data through it and hands the probabilities to ``compute_report``. Rendering (tables,
+CSV, PNG) lives in :mod:`alexkit.report`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from alexkit.errors import CheckpointError, DataError, UsageError
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class EvalReport:
+    """Everything ``alexkit evaluate`` reports, as numbers and arrays.
+
+    Attributes:
+        class_names: class names in model-output order.
+        y_true: true labels (N,).
+        y_pred: predicted labels (N,) (argmax; for binary tasks ``P(class 1) >= threshold``).
+        probs: class probabilities (N, C).
+        paths: item strings (N,) or None.
+        accuracy: fraction of correct predictions.
+        top5_accuracy: fraction with the true class among the 5 most probable (C > 5), else None.
+        precision, recall, f1, support: per-class arrays (C,); 0 where undefined.
+        macro, weighted: dicts with ``precision``, ``recall``, ``f1`` averages.
+        confusion: counts (C, C), rows = true class, columns = predicted class.
+        confusion_normalized: rows divided by their sum (rows with no samples stay 0).
+        binary: for two classes, ROC AUC, PR AUC (average precision), sensitivity,
+            specificity, threshold and the ROC curve; None otherwise.
+        groups: clip/volume-level aggregation for media items, when available.
+        meta: free-form context (model, data, tta) copied into ``metrics.json``.
+    """
+
+    class_names: list[str]
+    y_true: np.ndarray
+    y_pred: np.ndarray
+    probs: np.ndarray
+    paths: list[str] | None
+    accuracy: float
+    top5_accuracy: float | None
+    precision: np.ndarray
+    recall: np.ndarray
+    f1: np.ndarray
+    support: np.ndarray
+    macro: dict[str, float]
+    weighted: dict[str, float]
+    confusion: np.ndarray
+    confusion_normalized: np.ndarray
+    binary: dict[str, Any] | None = None
+    groups: dict[str, Any] | None = None
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.y_true.shape[0])
+
+    @property
+    def misclassified(self) -> np.ndarray:
+        """Indices of wrong predictions."""
+        return np.flatnonzero(self.y_true != self.y_pred)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able summary (no per-sample arrays): the content of ``metrics.json``."""
+        per_class = {
+            name: {
+                "precision": float(self.precision[i]),
+                "recall": float(self.recall[i]),
+                "f1": float(self.f1[i]),
+                "support": int(self.support[i]),
+            }
+            for i, name in enumerate(self.class_names)
+        }
+        out: dict[str, Any] = {
+            "accuracy": float(self.accuracy),
+            "top5_accuracy": None if self.top5_accuracy is None else float(self.top5_accuracy),
+            "num_samples": self.num_samples,
+            "num_classes": len(self.class_names),
+            "num_misclassified": int(self.misclassified.size),
+            "class_names": list(self.class_names),
+            "macro_avg": {k: float(v) for k, v in self.macro.items()},
+            "weighted_avg": {k: float(v) for k, v in self.weighted.items()},
+            "per_class": per_class,
+            "confusion_matrix": self.confusion.astype(int).tolist(),
+            "confusion_matrix_normalized": np.round(self.confusion_normalized, 6).tolist(),
+        }
+        if self.binary is not None:
+            b = dict(self.binary)
+            curve = b.pop("roc_curve", None)
+            out["binary"] = _jsonable(b)
+            if curve is not None:
+                out["binary"]["roc_curve"] = {k: np.asarray(v).tolist() for k, v in curve.items()}
+        if self.groups is not None:
+            out["groups"] = _jsonable(self.groups)
+        if self.meta:
+            out["meta"] = _jsonable(self.meta)
+        return out
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def compute_report(
+    y_true: Sequence[int] | np.ndarray,
+    probs: np.ndarray,
+    class_names: Sequence[str],
+    *,
+    threshold: float = 0.5,
+    paths: Sequence[str] | None = None,
+) -> EvalReport:
+    """Compute every metric ``alexkit evaluate`` reports from labels and probabilities.
+
+    Args:
+        y_true: true class indices (N,), each in ``[0, C)``.
+        probs: predicted probabilities (N, C) (rows need not sum exactly to 1).
+        class_names: the C class names, in column order.
+        threshold: binary tasks only: predict class 1 when ``P(class 1) >= threshold``.
+        paths: optional item strings, kept for ``predictions.csv``.
+
+    Returns:
+        The filled ``EvalReport``.
+
+    Raises:
+        UsageError: shapes disagree, labels are out of range or the threshold is not in (0, 1).
+    """
+    y_true = np.asarray(y_true).astype(np.int64).reshape(-1)
+    probs = np.asarray(probs, dtype=np.float64)
+    names = [str(c) for c in class_names]
+    num_classes = len(names)
+    if probs.ndim != 2 or probs.shape != (y_true.shape[0], num_classes):
+        raise UsageError(
+            f"probabilities must have shape (N, C) = ({y_true.shape[0]}, {num_classes}); "
+            f"received {probs.shape}."
+        )
+    if y_true.size == 0:
+        raise DataError("no samples to evaluate: the data has no labelled, readable images.")
+    if y_true.min() < 0 or y_true.max() >= num_classes:
+        raise UsageError(f"labels must be in [0, {num_classes}); received {sorted(set(y_true))}.")
+    if not 0.0 < threshold < 1.0:
+        raise UsageError(f"--threshold must be in (0, 1); received {threshold}.")
+    if paths is not None and len(paths) != y_true.shape[0]:
+        raise UsageError(f"{len(paths)} paths for {y_true.shape[0]} samples.")
+
+    if num_classes == 2:
+        y_pred = (probs[:, 1] >= threshold).astype(np.int64)
+    else:
+        y_pred = probs.argmax(axis=1).astype(np.int64)
+
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(confusion, (y_true, y_pred), 1)
+    support = confusion.sum(axis=1)
+    predicted = confusion.sum(axis=0)
+    tp = np.diag(confusion).astype(np.float64)
+    # scikit-learn's zero_division=0: an undefined ratio counts as 0.
+    precision = np.divide(tp, predicted, out=np.zeros(num_classes), where=predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros(num_classes), where=support > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros(num_classes), where=denom > 0)
+    macro = {"precision": precision.mean(), "recall": recall.mean(), "f1": f1.mean()}
+    weights = support / support.sum()
+    weighted = {
+        "precision": float(precision @ weights),
+        "recall": float(recall @ weights),
+        "f1": float(f1 @ weights),
+    }
+    macro = {k: float(v) for k, v in macro.items()}
+    row_sums = support[:, None].astype(np.float64)
+    normalized = np.divide(
+        confusion, row_sums, out=np.zeros_like(confusion, dtype=np.float64), where=row_sums > 0
+    )
+
+    top5 = None
+    if num_classes > 5:  # with exactly 5 classes top-5 is always 1.0: meaningless
+        top = np.argsort(-probs, axis=1, kind="stable")[:, :5]
+        top5 = float((top == y_true[:, None]).any(axis=1).mean())
+
+    binary = None
+    if num_classes == 2:
+        scores = probs[:, 1]
+        positive = y_true == 1
+        fpr, tpr, thresholds = roc_curve(positive, scores)
+        both = positive.any() and (~positive).any()
+        binary = {
+            "positive_class": names[1],
+            "negative_class": names[0],
+            "threshold": float(threshold),
+            "roc_auc": roc_auc(positive, scores) if both else None,
+            "pr_auc": average_precision(positive, scores) if positive.any() else None,
+            "sensitivity": float(recall[1]),
+            "specificity": float(recall[0]),
+            "tp": int(confusion[1, 1]),
+            "fn": int(confusion[1, 0]),
+            "fp": int(confusion[0, 1]),
+            "tn": int(confusion[0, 0]),
+            "roc_curve": {"fpr": fpr, "tpr": tpr, "thresholds": thresholds},
+        }
+
+    return EvalReport(
+        class_names=names,
+        y_true=y_true,
+        y_pred=y_pred,
+        probs=probs,
+        paths=None if paths is None else [str(p) for p in paths],
+        accuracy=float((y_true == y_pred).mean()),
+        top5_accuracy=top5,
+        precision=precision,
+        recall=recall,
+        f1=f1,
+        support=support,
+        macro=macro,
+        weighted=weighted,
+        confusion=confusion,
+        confusion_normalized=normalized,
+        binary=binary,
+    )
+
+
+def _binary_counts(positive: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Cumulative TP/FP counts at each distinct score, from the highest score down."""
+    order = np.argsort(-scores, kind="mergesort")
+    s = scores[order]
+    y = positive[order].astype(np.float64)
+    # The last index of every run of equal scores: one curve point per distinct threshold.
+    distinct = np.flatnonzero(np.diff(s)) if s.size > 1 else np.array([], dtype=int)
+    ends = np.r_[distinct, s.size - 1]
+    tps = np.cumsum(y)[ends]
+    fps = (ends + 1) - tps
+    return tps, fps, s[ends]
+
+
+def roc_curve(positive: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, ...]:
+    """ROC curve points (fpr, tpr, thresholds), starting at (0, 0) with threshold +inf.
+
+    Keeps every distinct threshold (scikit-learn's ``drop_intermediate=False``).
+    """
+    positive = np.asarray(positive, dtype=bool)
+    tps, fps, thr = _binary_counts(positive, np.asarray(scores, dtype=np.float64))
+    n_pos, n_neg = positive.sum(), (~positive).sum()
+    tpr = np.r_[0.0, tps / n_pos] if n_pos else np.r_[0.0, np.full(tps.shape, np.nan)]
+    fpr = np.r_[0.0, fps / n_neg] if n_neg else np.r_[0.0, np.full(fps.shape, np.nan)]
+    return fpr, tpr, np.r_[np.inf, thr]
+
+
+def roc_auc(positive: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve (trapezoids; ties count half, as in scikit-learn)."""
+    fpr, tpr, _ = roc_curve(positive, scores)
+    return float(np.trapezoid(tpr, fpr))
+
+
+def average_precision(positive: np.ndarray, scores: np.ndarray) -> float:
+    """PR AUC as average precision: sum over thresholds of (ΔR · P), scikit-learn's definition."""
+    positive = np.asarray(positive, dtype=bool)
+    tps, fps, _ = _binary_counts(positive, np.asarray(scores, dtype=np.float64))
+    precision = tps / (tps + fps)
+    recall = tps / positive.sum()
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_trained(path: str | Path) -> tuple[Any, list[str], dict[str, Any]]:
+    """Load a trained classifier and its class names.
+
+    Args:
+        path: a run directory (``config.json`` + ``model.keras``) or a ``.keras`` file
+            (class names from a sibling ``config.json`` when present, else ``"0".."N-1"``).
+
+    Returns:
+        ``(model, class_names, config)``; ``config`` is ``{}`` when there is none.
+
+    Raises:
+        CheckpointError: the path is missing, or the model or config cannot be read.
+    """
+    path = Path(path)
+    if path.is_dir():
+        model_path = path / "model.keras"
+        config_path = path / "config.json"
+        if not model_path.is_file():
+            raise CheckpointError(
+                f"{path} is not a run directory: no model.keras in it "
+                "(pass a run directory from `alexkit finetune` or a .keras file)."
+            )
+    elif path.is_file():
+        model_path = path
+        config_path = path.parent / "config.json"
+    else:
+        raise CheckpointError(f"{path} does not exist: pass a run directory or a .keras file.")
+    if model_path.suffix != ".keras":
+        raise CheckpointError(f"{model_path} is not a .keras model file.")
+
+    config: dict[str, Any] = {}
+    if config_path.is_file():
+        try:
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{config_path} is not valid JSON ({exc}).") from exc
+
+    import keras
+
+    import alexkit.layers  # noqa: F401  (registers the custom layers for deserialisation)
+
+    try:
+        model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
+    except Exception as exc:  # keras raises many kinds for a bad archive
+        raise CheckpointError(f"cannot load {model_path}: {str(exc).splitlines()[0]}") from exc
+
+    num_outputs = int(model.output_shape[-1])
+    names = config.get("class_names")
+    if names is None:
+        names = [str(i) for i in range(num_outputs)]
+    names = [str(n) for n in names]
+    if len(names) != num_outputs:
+        raise CheckpointError(
+            f"{config_path} lists {len(names)} class_names but {model_path} has "
+            f"{num_outputs} outputs: the config does not belong to this model."
+        )
+    return model, names, config
+
+
+def model_image_size(model: Any, config: dict[str, Any] | None = None) -> int:
+    """The square input size a model expects (config ``image_size`` or the input shape)."""
+    if config and config.get("image_size"):
+        return int(config["image_size"])
+    shape = model.input_shape
+    if shape[1] is None:
+        return 227
+    return int(shape[1])
+
+
+def align_spec(spec: Any, class_names: Sequence[str], *, require_labels: bool = True) -> Any:
+    """Re-index a ``DatasetSpec``'s labels to the model's class order.
+
+    Raises:
+        DataError: the data has classes the model does not know (listed), or no labels.
+    """
+    names = list(class_names)
+    if getattr(spec, "is_tfrecord", False):  # labels live in the records: keep the model's map
+        return dataclasses.replace(spec, class_names=tuple(names))
+    used = sorted({spec.class_names[lbl] for lbl in spec.labels if lbl >= 0})
+    unknown = [c for c in used if c not in names]
+    if unknown:
+        more = f" … (+{len(unknown) - 10})" if len(unknown) > 10 else ""
+        shown = ", ".join(unknown[:10]) + more
+        raise DataError(
+            f"the data has {len(unknown)} class(es) the model does not know: {shown}; "
+            f"the model knows: {', '.join(names[:10])}{' …' if len(names) > 10 else ''}."
+        )
+    if require_labels and any(label < 0 for label in spec.labels):
+        raise DataError(
+            f"{spec.root}: some images have no label; evaluation needs labelled data "
+            "(class folders or a manifest with a label column)."
+        )
+    index = {c: i for i, c in enumerate(names)}
+    labels = tuple(index[spec.class_names[lbl]] if lbl >= 0 else -1 for lbl in spec.labels)
+    return dataclasses.replace(spec, labels=labels, class_names=tuple(names))
+
+
+def load_eval_spec(
+    source: str | Path,
+    class_names: Sequence[str] | None = None,
+    *,
+    prefer_splits: Sequence[str] = ("test", "val"),
+) -> Any:
+    """Load data for evaluation: never re-split, and one split when the source has several.
+
+    A source with ``train/val/test`` folders is evaluated on ``test`` (else ``val``);
+    ``prefer_splits=("train",)`` picks the training part (for a probe). With
+    ``class_names`` the labels are re-indexed to that order (unknown classes refused).
+    """
+    from alexkit.data import load_spec
+
+    spec = load_spec(source, val_fraction=0.0)
+    present = set(spec.splits)
+    if len(present - {""}) >= 1:
+        for split in prefer_splits:
+            if split in present:
+                spec = spec.subset(split)
+                break
+    return spec if class_names is None else align_spec(spec, class_names)
+
+
+def evaluate_model(
+    model_or_run: Any,
+    spec_or_path: Any,
+    *,
+    tta: str = "center",
+    batch_size: int = 32,
+    threshold: float = 0.5,
+    class_names: Sequence[str] | None = None,
+    config: dict[str, Any] | None = None,
+    skipped: Any = None,
+    progress: Any = None,
+) -> EvalReport:
+    """Run a trained classifier over labelled data and compute its ``EvalReport``.
+
+    Args:
+        model_or_run: a Keras model, or a run directory / ``.keras`` path for ``load_trained``.
+        spec_or_path: a ``DatasetSpec`` or a data path for ``data.load_spec``.
+        tta: ``"center"`` (one centre crop) or ``"ten-crop"`` (softmax averaged over 10 crops).
+        batch_size: images per forward pass.
+        threshold: binary decision threshold on ``P(class 1)``.
+        class_names: class names when ``model_or_run`` is a model (default ``"0".."N-1"``).
+        config: run config when ``model_or_run`` is a model (image size, grayscale).
+        skipped: a ``data.SkipLog`` to collect unreadable images (created when None).
+        progress: optional callable ``progress(n_done, n_total)`` called after each batch.
+
+    Returns:
+        The ``EvalReport`` (``meta`` holds tta, sample counts and skipped images).
+
+    Raises:
+        DataError: unknown classes, unlabelled or unreadable data.
+        CheckpointError: the model cannot be loaded.
+    """
+    if tta not in ("center", "ten-crop"):
+        raise UsageError(f"--tta must be 'center' or 'ten-crop'; received {tta!r}.")
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1; received {batch_size}.")
+    if isinstance(model_or_run, str | Path):
+        model, names, config = load_trained(model_or_run)
+    else:
+        model = model_or_run
+        names = list(class_names) if class_names else None
+        if names is None:
+            names = [str(i) for i in range(int(model.output_shape[-1]))]
+        config = config or {}
+
+    from alexkit import data as data_mod
+
+    if isinstance(spec_or_path, str | Path):
+        spec = load_eval_spec(spec_or_path, names)
+    else:
+        spec = align_spec(spec_or_path, names)
+
+    from alexkit.extract import batch_predictor
+
+    if skipped is None and hasattr(data_mod, "SkipLog"):
+        skipped = data_mod.SkipLog()
+    dataset = data_mod.make_dataset(
+        spec,
+        training=False,
+        image_size=model_image_size(model, config),
+        batch_size=batch_size,
+        tta=tta,
+        grayscale=bool(config.get("grayscale", False)),
+        with_paths=True,
+        skipped=skipped,
+    )
+    predict = batch_predictor(model)
+    all_probs, all_labels, all_paths = [], [], []
+    done = 0
+    for images, labels, items in dataset:
+        images = np.asarray(images)
+        if images.ndim == 5:  # ten-crop: average the softmax over the crops
+            b, k = images.shape[:2]
+            p = predict(images.reshape((b * k, *images.shape[2:])))
+            p = p.reshape((b, k, -1)).mean(axis=1)
+        else:
+            p = predict(images)
+        all_probs.append(p)
+        all_labels.append(np.asarray(labels))
+        all_paths.extend(_decode_str(s) for s in np.asarray(items))
+        done += len(p)
+        if progress is not None:
+            progress(done, len(spec))
+    if not all_probs:
+        raise DataError(f"{spec.root}: no readable images to evaluate.")
+    report = compute_report(
+        np.concatenate(all_labels),
+        np.concatenate(all_probs),
+        names,
+        threshold=threshold,
+        paths=all_paths,
+    )
+    skipped_entries = list(getattr(skipped, "entries", []) or [])
+    report.meta.update(
+        {
+            "tta": tta,
+            "threshold": threshold,
+            "data": str(getattr(spec, "root", "")),
+            "skipped": [{"path": str(p), "reason": str(r)} for p, r in skipped_entries],
+        }
+    )
+    if isinstance(model_or_run, str | Path):
+        report.meta["model"] = str(model_or_run)
+    report.groups = group_report(report)
+    return report
+
+
+def _decode_str(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def group_report(report: EvalReport) -> dict[str, Any] | None:
+    """Clip/volume-level metrics when items are media members (``path#member``).
+
+    Members of one file are aggregated by averaging their probabilities
+    (``alexkit.media.aggregate``; a plain mean when the media extra is absent).
+    None when no item has members.
+    """
+    if not report.paths or not any("#" in p for p in report.paths):
+        return None
+    try:
+        from alexkit.media import aggregate, aggregate_labels
+    except ImportError:
+        aggregate = aggregate_labels = None
+    if aggregate is not None:
+        keys, probs = aggregate(report.paths, report.probs, by="source")
+        _, truth = aggregate_labels(report.paths, report.y_true, by="source")
+    else:
+        names = [p.split("#", 1)[0] for p in report.paths]
+        keys, inverse = np.unique(np.asarray(names), return_inverse=True)
+        probs = np.zeros((keys.size, report.probs.shape[1]))
+        np.add.at(probs, inverse, report.probs)
+        probs /= np.bincount(inverse, minlength=keys.size)[:, None]
+        truth = np.zeros(keys.size, dtype=np.int64)
+        truth[inverse] = report.y_true  # members of one file share its label
+    if len(keys) == len(report.paths):  # '#' was part of file names, not members
+        return None
+    group = compute_report(
+        truth, probs, report.class_names, threshold=_threshold(report), paths=list(keys)
+    )
+    out = {
+        "num_groups": int(len(keys)),
+        "aggregation": "mean probability over the frames/slices of each file",
+        "accuracy": group.accuracy,
+        "macro_avg": group.macro,
+        "confusion_matrix": group.confusion.tolist(),
+    }
+    if group.binary is not None:
+        out["roc_auc"] = group.binary["roc_auc"]
+    return out
+
+
+def _threshold(report: EvalReport) -> float:
+    return float(report.binary["threshold"]) if report.binary else 0.5

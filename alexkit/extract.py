@@ -1,0 +1,466 @@
+"""Streaming feature extraction: images → a layer's activations → CSV, Parquet or NPY.
+
+Memory stays bounded by one batch: the dataset is a ``tf.data`` pipeline, every batch is
+written as soon as it is computed, and nothing accumulates but the list of unreadable
+images. Output is written to a temporary file next to the target and renamed at the end,
+so a crash never leaves a half-written feature file.
+
+File shapes (one row per image):
+
+* CSV / Parquet: ``path``, ``label`` (class name; empty when unknown), ``f0`` … ``f{D-1}``.
+* NPY: a float32 ``(N, D)`` array in ``FILE``; ``path`` and ``label`` rows in the
+  sidecar ``FILE`` with ``.index.csv`` replacing ``.npy`` (same row order).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from alexkit.errors import MissingExtraError, UsageError
+
+FORMATS = ("csv", "parquet", "npy")
+LAYER_CHOICES = ("fc7", "fc6", "pool5", "conv5")
+
+
+# --------------------------------------------------------------------------- inference
+
+
+def batch_predictor(model: Any) -> Callable[[Any], np.ndarray]:
+    """A fast ``batch -> numpy`` call of ``model`` in inference mode.
+
+    ``model.predict`` builds a dataset, callbacks and a progress bar on every call
+    (~0.1 s); ``predict_on_batch`` reuses one compiled (``tf.function``) step. Measured
+    on 2 busy CPU cores it matched or beat a hand-written ``tf.function`` and beat XLA
+    (``jit_compile=True``) by ~30 %, so it is used on every backend.
+    """
+
+    def run(x: Any) -> np.ndarray:
+        return np.asarray(model.predict_on_batch(x))
+
+    return run
+
+
+def build_extractor(model: Any, layer: str = "fc7", pool: str = "none") -> Any:
+    """``model.feature_extractor`` with errors turned into one-line UsageErrors."""
+    from alexkit.model import feature_extractor
+
+    if pool not in ("none", "avg"):
+        raise UsageError(f"--pool must be 'avg' or 'none'; received {pool!r}.")
+    try:
+        return feature_extractor(model, layer=layer, pool=pool)
+    except ValueError as exc:
+        names = [lyr.name for lyr in model.layers if lyr.name != "input_layer"]
+        raise UsageError(
+            f"--layer {layer!r} is not a layer of this model; choose one of: {', '.join(names)}."
+        ) from exc
+
+
+# --------------------------------------------------------------------------- writers
+
+
+class FeatureWriter:
+    """Streams rows of (path, label, features) into one file, atomically.
+
+    Use as a context manager: on a clean exit the temporary file is renamed onto the
+    target; on an exception it is removed and the target is left untouched.
+    """
+
+    def __init__(self, target: str | os.PathLike):
+        self.target = Path(target)
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.target.with_name(f".{self.target.name}.{os.getpid()}.tmp")
+        self.rows = 0
+        self.dim: int | None = None
+
+    def __enter__(self) -> FeatureWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        try:
+            self._close()
+        finally:
+            if exc_type is None:
+                self._commit()
+            else:
+                self._discard()
+
+    def write(self, paths: Sequence[str], labels: Sequence[str], features: np.ndarray) -> None:
+        """Append one batch; ``features`` is (B, D)."""
+        features = np.asarray(features, dtype=np.float32).reshape(len(paths), -1)
+        if self.dim is None:
+            self.dim = int(features.shape[1])
+            self._open(self.dim)
+        self._write(list(paths), list(labels), features)
+        self.rows += len(paths)
+
+    def _open(self, dim: int) -> None:
+        raise NotImplementedError
+
+    def _write(self, paths: list[str], labels: list[str], features: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        pass
+
+    def _commit(self) -> None:
+        if self.dim is None:  # no rows at all: still produce a valid (empty) file
+            self._open(0)
+            self._close()
+        os.replace(self.tmp, self.target)
+
+    def _discard(self) -> None:
+        self.tmp.unlink(missing_ok=True)
+
+
+def _csv_field(value: str) -> str:
+    """Quote a CSV field only when it needs it (RFC 4180)."""
+    if any(ch in value for ch in ',"\n\r'):
+        return '"' + value.replace('"', '""') + '"'
+    return value
+
+
+def feature_columns(dim: int) -> list[str]:
+    return [f"f{i}" for i in range(dim)]
+
+
+class CSVWriter(FeatureWriter):
+    """CSV with header ``path,label,f0..``; floats in shortest round-trip form."""
+
+    def _open(self, dim: int) -> None:
+        self._fh = open(self.tmp, "w", newline="", encoding="utf-8")  # noqa: SIM115
+        csv.writer(self._fh, lineterminator="\n").writerow(["path", "label", *feature_columns(dim)])
+
+    def _write(self, paths: list[str], labels: list[str], features: np.ndarray) -> None:
+        # Formatting floats dominates CSV cost; one %-format per row is the fastest
+        # pure-Python way (what np.savetxt does), ~0.6 ms per fc7 row.
+        row_fmt = ",".join(["%.7g"] * features.shape[1])
+        lines = [
+            f"{_csv_field(p)},{_csv_field(lbl)}," + row_fmt % tuple(row)
+            for p, lbl, row in zip(paths, labels, features.tolist(), strict=True)
+        ]
+        self._fh.write("\n".join(lines) + "\n")
+
+    def _close(self) -> None:
+        if getattr(self, "_fh", None) is not None:
+            self._fh.close()
+            self._fh = None
+
+
+class ParquetWriter(FeatureWriter):
+    """Parquet (pyarrow) with one row group per batch; features as float32 columns."""
+
+    def _open(self, dim: int) -> None:
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError as exc:
+            raise MissingExtraError("--format parquet", "parquet", "pyarrow") from exc
+        self._pa = pa
+        fields = [pa.field("path", pa.string()), pa.field("label", pa.string())]
+        fields += [pa.field(c, pa.float32()) for c in feature_columns(dim)]
+        self._schema = pa.schema(fields)
+        self._pq = pq.ParquetWriter(self.tmp, self._schema)
+
+    def _write(self, paths: list[str], labels: list[str], features: np.ndarray) -> None:
+        pa = self._pa
+        arrays = [pa.array(paths, pa.string()), pa.array(labels, pa.string())]
+        arrays += [pa.array(features[:, j]) for j in range(features.shape[1])]
+        self._pq.write_table(pa.Table.from_arrays(arrays, schema=self._schema))
+
+    def _close(self) -> None:
+        if getattr(self, "_pq", None) is not None:
+            self._pq.close()
+            self._pq = None
+
+
+class NPYWriter(FeatureWriter):
+    """NPY (N, D) float32 streamed to disk, plus a ``.index.csv`` sidecar (path, label).
+
+    The row count is unknown until the end (unreadable images are skipped), so a
+    fixed-size header is reserved and rewritten with the final shape on close.
+    """
+
+    HEADER_BYTES = 128  # magic(6) + version(2) + len(2) + dict padded; a multiple of 64
+
+    def __init__(self, target: str | os.PathLike):
+        super().__init__(target)
+        self.index_target = index_path(self.target)
+        self.index_tmp = self.index_target.with_name(f".{self.index_target.name}.tmp")
+
+    def _header(self, rows: int, dim: int) -> bytes:
+        body = f"{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {dim}), }}"
+        pad = self.HEADER_BYTES - 10 - len(body) - 1
+        return (
+            b"\x93NUMPY\x01\x00"
+            + (self.HEADER_BYTES - 10).to_bytes(2, "little")
+            + (body + " " * pad + "\n").encode("latin1")
+        )
+
+    def _open(self, dim: int) -> None:
+        self._fh = open(self.tmp, "wb")  # noqa: SIM115
+        self._fh.write(self._header(0, dim))
+        self._index = open(self.index_tmp, "w", newline="", encoding="utf-8")  # noqa: SIM115
+        self._csv = csv.writer(self._index, lineterminator="\n")
+        self._csv.writerow(["path", "label"])
+
+    def _write(self, paths: list[str], labels: list[str], features: np.ndarray) -> None:
+        self._fh.write(np.ascontiguousarray(features, dtype="<f4").tobytes())
+        self._csv.writerows(zip(paths, labels, strict=True))
+
+    def _close(self) -> None:
+        if getattr(self, "_fh", None) is not None:
+            self._fh.seek(0)
+            self._fh.write(self._header(self.rows, self.dim or 0))
+            self._fh.close()
+            self._index.close()
+            self._fh = None
+
+    def _commit(self) -> None:
+        super()._commit()
+        os.replace(self.index_tmp, self.index_target)
+
+    def _discard(self) -> None:
+        super()._discard()
+        self.index_tmp.unlink(missing_ok=True)
+
+
+def index_path(npy_path: str | os.PathLike) -> Path:
+    """The sidecar with path/label rows for an NPY feature file."""
+    p = Path(npy_path)
+    return p.with_name(p.name[: -len(".npy")] + ".index.csv" if p.suffix == ".npy" else p.name)
+
+
+WRITERS: dict[str, type[FeatureWriter]] = {
+    "csv": CSVWriter,
+    "parquet": ParquetWriter,
+    "npy": NPYWriter,
+}
+
+
+def resolve_format(out: str | os.PathLike, fmt: str | None) -> str:
+    """``--format`` or, when omitted, the output file's suffix."""
+    if fmt is None:
+        suffix = Path(out).suffix.lower().lstrip(".")
+        fmt = {"pq": "parquet"}.get(suffix, suffix)
+        if fmt not in FORMATS:
+            raise UsageError(
+                f"cannot tell the format of {out}: use a .csv, .parquet or .npy name "
+                "or pass --format csv|parquet|npy."
+            )
+    if fmt not in FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(FORMATS)}; received {fmt!r}.")
+    return fmt
+
+
+def read_features(path: str | os.PathLike) -> tuple[list[str], list[str], np.ndarray]:
+    """Read a feature file written by ``extract_features`` back as (paths, labels, X)."""
+    path = Path(path)
+    fmt = resolve_format(path, None)
+    if fmt == "npy":
+        x = np.load(path)
+        with open(index_path(path), newline="", encoding="utf-8") as fh:
+            rows = list(csv.reader(fh))[1:]
+        return [r[0] for r in rows], [r[1] for r in rows], x
+    import pandas as pd
+
+    df = pd.read_parquet(path) if fmt == "parquet" else pd.read_csv(path, keep_default_na=False)
+    x = df.drop(columns=["path", "label"]).to_numpy(dtype=np.float32)
+    return df["path"].astype(str).tolist(), df["label"].astype(str).tolist(), x
+
+
+# --------------------------------------------------------------------------- extraction
+
+
+@dataclasses.dataclass
+class ExtractResult:
+    """What ``extract_features`` did."""
+
+    path: Path
+    format: str
+    layer: str
+    rows: int
+    dim: int
+    seconds: float
+    skipped: list[tuple[str, str]]
+    index_path: Path | None = None
+
+    @property
+    def images_per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "format": self.format,
+            "layer": self.layer,
+            "rows": self.rows,
+            "dim": self.dim,
+            "seconds": round(self.seconds, 3),
+            "images_per_second": round(self.images_per_second, 2),
+            "index": None if self.index_path is None else str(self.index_path),
+            "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+        }
+
+
+def iter_features(
+    extractor: Any,
+    spec: Any,
+    *,
+    image_size: int,
+    batch_size: int = 32,
+    grayscale: bool = False,
+    skipped: Any = None,
+) -> Iterator[tuple[list[str], np.ndarray, np.ndarray]]:
+    """Yield ``(items, labels, features)`` per batch, in the spec's order.
+
+    Labels are class indices (-1 unknown). Unreadable images are skipped and logged in
+    ``skipped`` (a ``data.SkipLog``).
+    """
+    from alexkit import data as data_mod
+
+    dataset = data_mod.make_dataset(
+        spec,
+        training=False,
+        image_size=image_size,
+        batch_size=batch_size,
+        grayscale=grayscale,
+        with_paths=True,
+        skipped=skipped,
+    )
+    predict = batch_predictor(extractor)
+    for images, labels, items in dataset:
+        feats = predict(images)
+        yield (
+            [s.decode("utf-8") if isinstance(s, bytes) else str(s) for s in items.numpy()],
+            np.asarray(labels),
+            feats.reshape(feats.shape[0], -1),
+        )
+
+
+def extract_features(
+    model: Any,
+    spec: Any,
+    out: str | os.PathLike,
+    *,
+    layer: str = "fc7",
+    pool: str = "none",
+    fmt: str | None = None,
+    batch_size: int = 32,
+    image_size: int | None = None,
+    grayscale: bool = False,
+    skipped: Any = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ExtractResult:
+    """Extract ``layer`` activations for every image of ``spec`` into ``out``.
+
+    Args:
+        model: a Keras AlexNet (classifier or backbone) taking raw [0, 255] pixels.
+        spec: a ``data.DatasetSpec`` (labels -1 when unknown).
+        out: the output file; written atomically.
+        layer: layer name (``fc7``, ``fc6``, ``pool5``, ``conv5`` or any layer of the model).
+        pool: ``"avg"`` global-average-pools spatial layers; ``"none"`` flattens them.
+        fmt: ``csv``, ``parquet`` or ``npy``; default from the suffix of ``out``.
+        batch_size: images per forward pass (memory is bounded by one batch).
+        image_size: input size; default the model's input size.
+        grayscale: replicate a single decoded channel to RGB (as in training).
+        skipped: a ``data.SkipLog`` collecting unreadable images (created when None).
+        progress: called as ``progress(done, total)`` after every batch.
+
+    Returns:
+        An ``ExtractResult`` (rows, dim, timing, skipped images).
+    """
+    from alexkit import data as data_mod
+
+    fmt = resolve_format(out, fmt)
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1; received {batch_size}.")
+    extractor = build_extractor(model, layer, pool)
+    if image_size is None:
+        image_size = int(model.input_shape[1] or 227)
+    if skipped is None and hasattr(data_mod, "SkipLog"):
+        skipped = data_mod.SkipLog()
+    names = list(spec.class_names)
+    total = len(spec)
+    start = time.perf_counter()
+    with WRITERS[fmt](out) as writer:
+        for items, labels, feats in iter_features(
+            extractor,
+            spec,
+            image_size=image_size,
+            batch_size=batch_size,
+            grayscale=grayscale,
+            skipped=skipped,
+        ):
+            label_names = [names[i] if 0 <= i < len(names) else "" for i in labels.tolist()]
+            writer.write(items, label_names, feats)
+            if progress is not None:
+                progress(writer.rows, total)
+    seconds = time.perf_counter() - start
+    entries = [(str(p), str(r)) for p, r in (getattr(skipped, "entries", None) or [])]
+    return ExtractResult(
+        path=Path(out),
+        format=fmt,
+        layer=layer,
+        rows=writer.rows,
+        dim=writer.dim or 0,
+        seconds=seconds,
+        skipped=entries,
+        index_path=index_path(out) if fmt == "npy" else None,
+    )
+
+
+def extract_arrays(
+    model: Any,
+    spec: Any,
+    *,
+    layer: str = "fc7",
+    pool: str = "none",
+    batch_size: int = 32,
+    image_size: int | None = None,
+    grayscale: bool = False,
+    skipped: Any = None,
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Features in memory, for a linear probe: ``(items, labels, X)``.
+
+    Holds N × D floats (fc7: 16 KiB per image); use ``extract_features`` for big sets.
+    """
+    extractor = build_extractor(model, layer, pool)
+    if image_size is None:
+        image_size = int(model.input_shape[1] or 227)
+    items: list[str] = []
+    labels: list[np.ndarray] = []
+    feats: list[np.ndarray] = []
+    for batch_items, batch_labels, batch_feats in iter_features(
+        extractor,
+        spec,
+        image_size=image_size,
+        batch_size=batch_size,
+        grayscale=grayscale,
+        skipped=skipped,
+    ):
+        items.extend(batch_items)
+        labels.append(batch_labels)
+        feats.append(batch_feats.astype(np.float32))
+    if not feats:
+        return [], np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+    return items, np.concatenate(labels).astype(np.int64), np.concatenate(feats)
+
+
+def iter_batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """Chunk an iterable into lists of ``size``."""
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

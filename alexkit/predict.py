@@ -1,0 +1,169 @@
+"""Class probabilities for individual images or folders (``alexkit predict``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from alexkit.errors import DataError, UsageError
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def _media_extensions() -> set[str]:
+    try:
+        from alexkit.media import MEDIA_EXTENSIONS
+    except ImportError:
+        return set()
+    return set(MEDIA_EXTENSIONS)
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
+def collect_images(inputs: Sequence[str | os.PathLike]) -> list[str]:
+    """Expand files and folders (recursively, sorted) into image paths.
+
+    Raises:
+        DataError: an input does not exist, or nothing usable was found.
+    """
+    allowed = IMAGE_EXTENSIONS | _media_extensions()
+    found: list[str] = []
+    for raw in inputs:
+        path = Path(raw)
+        if "#" in str(raw) and not path.exists():  # a media member: video.mp4#12
+            found.append(str(raw))
+        elif path.is_dir():
+            found.extend(
+                str(p)
+                for p in sorted(path.rglob("*"))
+                if p.is_file() and _suffix(p) in allowed and not p.name.startswith(".")
+            )
+        elif path.is_file():
+            found.append(str(path))
+        else:
+            raise DataError(f"{raw} does not exist: pass image files or folders of images.")
+    if not found:
+        raise DataError(
+            f"no images found in {', '.join(map(str, inputs))} "
+            f"(looked for {', '.join(sorted(IMAGE_EXTENSIONS))})."
+        )
+    return found
+
+
+def make_spec(items: Sequence[str], class_names: Sequence[str], root: str = "") -> Any:
+    """An unlabelled ``data.DatasetSpec`` over ``items``."""
+    from alexkit.data import DatasetSpec
+
+    n = len(items)
+    return DatasetSpec(
+        items=tuple(items),
+        labels=(-1,) * n,
+        class_names=tuple(class_names),
+        splits=("",) * n,
+        groups=tuple(items),
+        root=root,
+    )
+
+
+@dataclasses.dataclass
+class Predictions:
+    """Probabilities per readable image, in input order (unreadable ones are skipped)."""
+
+    items: list[str]
+    probs: np.ndarray
+    class_names: list[str]
+    skipped: list[tuple[str, str]]
+
+    def top(self, k: int = 5) -> list[list[tuple[str, float]]]:
+        """The ``k`` most probable (class, probability) per image."""
+        k = min(k, len(self.class_names))
+        order = np.argsort(-self.probs, axis=1, kind="stable")[:, :k]
+        return [
+            [(self.class_names[j], float(self.probs[i, j])) for j in row]
+            for i, row in enumerate(order)
+        ]
+
+    def to_records(self, k: int = 5) -> list[dict[str, Any]]:
+        """JSON-able rows: path, predicted class, its probability, top-k list."""
+        rows = []
+        for item, top in zip(self.items, self.top(k), strict=True):
+            rows.append(
+                {
+                    "path": item,
+                    "predicted": top[0][0],
+                    "probability": top[0][1],
+                    "top_k": [{"class": c, "probability": p} for c, p in top],
+                }
+            )
+        return rows
+
+
+def predict_images(
+    model: Any,
+    class_names: Sequence[str],
+    inputs: Sequence[str | os.PathLike],
+    *,
+    batch_size: int = 32,
+    image_size: int | None = None,
+    grayscale: bool = False,
+    skipped: Any = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Predictions:
+    """Run a classifier over image files/folders with the evaluation preprocessing.
+
+    Args:
+        model: a Keras classifier taking raw [0, 255] RGB.
+        class_names: names of the model's outputs.
+        inputs: image files and/or folders (searched recursively).
+        batch_size: images per forward pass.
+        image_size: input size (default: the model's).
+        grayscale: decode as grayscale replicated to RGB (as the model was trained).
+        skipped: a ``data.SkipLog`` for unreadable images.
+        progress: ``progress(done, total)`` after each batch.
+
+    Returns:
+        ``Predictions`` (probabilities (N, C) in input order).
+    """
+    from alexkit import data as data_mod
+    from alexkit.extract import batch_predictor
+
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1; received {batch_size}.")
+    names = [str(c) for c in class_names]
+    if len(names) != int(model.output_shape[-1]):
+        raise UsageError(f"{len(names)} class names for a model with {model.output_shape[-1]}.")
+    items = collect_images(inputs)
+    spec = make_spec(items, names)
+    if skipped is None and hasattr(data_mod, "SkipLog"):
+        skipped = data_mod.SkipLog()
+    dataset = data_mod.make_dataset(
+        spec,
+        training=False,
+        image_size=image_size or int(model.input_shape[1] or 227),
+        batch_size=batch_size,
+        grayscale=grayscale,
+        with_paths=True,
+        skipped=skipped,
+    )
+    predict = batch_predictor(model)
+    got_items: list[str] = []
+    probs: list[np.ndarray] = []
+    for images, _labels, batch_items in dataset:
+        probs.append(predict(images))
+        got_items.extend(
+            s.decode("utf-8") if isinstance(s, bytes) else str(s) for s in batch_items.numpy()
+        )
+        if progress is not None:
+            progress(len(got_items), len(items))
+    entries = [(str(p), str(r)) for p, r in (getattr(skipped, "entries", None) or [])]
+    if not probs:
+        raise DataError(f"none of the {len(items)} images could be read (first: {entries[:1]}).")
+    return Predictions(got_items, np.concatenate(probs), names, entries)

@@ -1,0 +1,226 @@
+"""`alexkit evaluate|extract|predict|probe` end to end on a tiny stand-in model.
+
+The stand-in has AlexNet's public layer names (conv5, pool5, fc6, fc7, predictions) on
+32x32 inputs so the CLI paths run in seconds; numbers are checked against scikit-learn
+and against the model applied directly to the pipeline's images.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from conftest import write_class_images
+from sklearn import metrics as skm
+from typer.testing import CliRunner
+
+from alexkit.cli import app
+
+SIZE = 32
+
+
+def tiny_model(num_classes: int, seed: int = 0):
+    """A small Functional model with AlexNet's layer names, taking raw [0, 255] pixels."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((SIZE, SIZE, 3))
+    x = keras.layers.Rescaling(1 / 255.0, name="preprocess")(inp)
+    x = keras.layers.Conv2D(8, 3, activation="relu", name="conv5")(x)
+    x = keras.layers.MaxPooling2D(2, name="pool5")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = keras.layers.Dense(16, activation="relu", name="fc6")(x)
+    x = keras.layers.Dense(12, activation="relu", name="fc7")(x)
+    out = keras.layers.Dense(num_classes, activation="softmax", name="predictions")(x)
+    return keras.Model(inp, out, name="tiny")
+
+
+def tiny_run(root, class_names, seed=0):
+    """A run directory (config.json + model.keras) holding ``tiny_model``."""
+    root.mkdir(parents=True, exist_ok=True)
+    model = tiny_model(len(class_names), seed)
+    model.save(root / "model.keras")
+    config = {"class_names": list(class_names), "variant": "original", "image_size": SIZE}
+    config["grayscale"] = False
+    (root / "config.json").write_text(json.dumps(config))
+    return root, model
+
+
+def pipeline_images(folder, class_names=None, tta="center"):
+    """Images, labels and items exactly as the evaluation pipeline feeds them."""
+    from alexkit.data import load_spec, make_dataset
+
+    spec = load_spec(str(folder), val_fraction=0)
+    if class_names is not None:
+        from alexkit.evaluate import align_spec
+
+        spec = align_spec(spec, class_names)
+    ds = make_dataset(
+        spec, training=False, image_size=SIZE, batch_size=64, tta=tta, with_paths=True
+    )
+    xs, ys, items = [], [], []
+    for x, y, p in ds:
+        xs.append(x.numpy())
+        ys.append(y.numpy())
+        items += [s.decode() for s in p.numpy()]
+    return np.concatenate(xs), np.concatenate(ys), items
+
+
+def _csv_rows(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def runner():
+    return CliRunner()
+
+
+def test_evaluate_multiclass_json_and_files(tmp_path, runner):
+    names = ["alpha", "beta", "gamma"]
+    data = tmp_path / "data"
+    write_class_images(data, names, 6, size=(40, 36))
+    run, model = tiny_run(tmp_path / "run", names)
+    out = tmp_path / "eval"
+    result = runner.invoke(
+        app, ["evaluate", str(run), "--data", str(data), "--out", str(out), "--json"]
+    )
+    assert result.exit_code == 0, result.stderr
+    metrics = json.loads(result.stdout)  # nothing else on stdout
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk["accuracy"] == metrics["accuracy"]
+
+    rows = _csv_rows(out / "predictions.csv")
+    assert len(rows) == 18 and list(rows[0])[:3] == ["path", "true", "predicted"]
+    y_true = [names.index(r["true"]) for r in rows]
+    y_pred = [names.index(r["predicted"]) for r in rows]
+    probs = np.array([[float(r[f"p_{c}"]) for c in names] for r in rows])
+    # Oracle 1: the model applied directly to the pipeline's images.
+    x, y, items = pipeline_images(data)
+    assert [r["path"] for r in rows] == items
+    np.testing.assert_array_equal(y_true, y)
+    np.testing.assert_allclose(probs, model.predict(x, verbose=0), atol=2e-6)
+    # Oracle 2: scikit-learn on the same predictions.
+    assert y_pred == list(probs.argmax(1))
+    assert metrics["accuracy"] == pytest.approx(skm.accuracy_score(y_true, y_pred))
+    f1 = skm.f1_score(y_true, y_pred, average="macro", labels=[0, 1, 2], zero_division=0)
+    assert metrics["macro_avg"]["f1"] == pytest.approx(f1)
+    with open(out / "confusion_matrix.csv", newline="") as fh:
+        cm = list(csv.reader(fh))
+    assert cm[0][1:] == names and [r[0] for r in cm[1:]] == names
+    np.testing.assert_array_equal(
+        np.array([[int(v) for v in r[1:]] for r in cm[1:]]),
+        skm.confusion_matrix(y_true, y_pred, labels=[0, 1, 2]),
+    )
+    wrong = _csv_rows(out / "misclassified.csv")
+    assert len(wrong) == sum(t != p for t, p in zip(y_true, y_pred, strict=True))
+
+
+def test_evaluate_binary_ten_crop_and_tables(tmp_path, runner):
+    names = ["NORMAL", "PNEUMONIA"]
+    data = tmp_path / "data"
+    write_class_images(data, names, 5, size=(40, 36), seed=3)
+    run, model = tiny_run(tmp_path / "run", names, seed=1)
+    out = tmp_path / "eval"
+    args = ["evaluate", str(run), "--data", str(data), "--out", str(out)]
+    result = runner.invoke(app, [*args, "--tta", "ten-crop", "--threshold", "0.4"])
+    assert result.exit_code == 0, result.stderr
+    assert "ROC AUC" in result.stdout and "specificity @ 0.4" in result.stdout
+    assert (out / "roc.png").stat().st_size > 10_000
+    metrics = json.loads((out / "metrics.json").read_text())
+    rows = _csv_rows(out / "predictions.csv")
+    y_true = np.array([names.index(r["true"]) for r in rows])
+    p1 = np.array([float(r["p_PNEUMONIA"]) for r in rows])
+    # Ten-crop oracle: the softmax averaged over the 10 crops of each image.
+    x, _, _ = pipeline_images(data, tta="ten-crop")
+    want = model.predict(x.reshape(-1, SIZE, SIZE, 3), verbose=0).reshape(len(x), 10, 2).mean(1)
+    np.testing.assert_allclose(p1, want[:, 1], atol=2e-6)
+    assert metrics["binary"]["roc_auc"] == pytest.approx(skm.roc_auc_score(y_true, p1), abs=1e-6)
+    assert metrics["binary"]["pr_auc"] == pytest.approx(
+        skm.average_precision_score(y_true, p1), abs=1e-6
+    )
+    y_pred = (p1 >= 0.4).astype(int)
+    assert metrics["binary"]["sensitivity"] == pytest.approx(skm.recall_score(y_true, y_pred))
+    assert metrics["binary"]["specificity"] == pytest.approx(
+        skm.recall_score(y_true, y_pred, pos_label=0)
+    )
+
+
+def test_evaluate_refuses_unknown_classes(tmp_path, runner):
+    data = tmp_path / "data"
+    write_class_images(data, ["alpha", "delta", "omega"], 2, size=(40, 36))
+    run, _ = tiny_run(tmp_path / "run", ["alpha", "beta"])
+    result = runner.invoke(app, ["evaluate", str(run), "--data", str(data)])
+    assert result.exit_code == 3
+    assert result.stdout == "" and result.stderr.startswith("error:")
+    message = " ".join(result.stderr.split())  # rich wraps long lines at the terminal width
+    assert "does not know: delta, omega" in message and message.count("error:") == 1
+
+
+def test_evaluate_missing_model_is_exit_4(tmp_path, runner):
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "nope"), "--data", str(tmp_path)])
+    assert result.exit_code == 4 and "does not exist" in " ".join(result.stderr.split())
+
+
+def test_predict_json_and_csv(tmp_path, runner):
+    names = ["alpha", "beta", "gamma"]
+    data = tmp_path / "data"
+    write_class_images(data, names, 2, size=(40, 36))
+    run, model = tiny_run(tmp_path / "run", names)
+    single = data / "beta" / "beta_000.png"
+    result = runner.invoke(app, ["predict", str(run), str(single), str(data / "gamma"), "--json"])
+    assert result.exit_code == 0, result.stderr
+    preds = json.loads(result.stdout)["predictions"]
+    assert [p["path"] for p in preds] == [
+        str(single),
+        str(data / "gamma" / "gamma_000.png"),
+        str(data / "gamma" / "gamma_001.png"),
+    ]
+    x, _, items = pipeline_images(data)
+    want = model.predict(x, verbose=0)
+    for p in preds:
+        row = want[items.index(p["path"])]
+        assert p["predicted"] == names[int(row.argmax())]
+        assert p["probability"] == pytest.approx(float(row.max()), abs=2e-6)
+        assert len(p["top_k"]) == 3  # top-k capped at the class count
+    result = runner.invoke(app, ["predict", str(run), str(single), "--csv", "--top-k", "2"])
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[0] == "path,rank,class,probability" and len(lines) == 3
+
+
+def test_extract_and_probe_cli(tmp_path, runner):
+    names = ["alpha", "beta"]
+    train, test = tmp_path / "train", tmp_path / "test"
+    write_class_images(train, names, 8, size=(40, 36), seed=1)
+    write_class_images(test, names, 4, size=(40, 36), seed=2)
+    run, model = tiny_run(tmp_path / "run", names)
+    out = tmp_path / "f.parquet"
+    result = runner.invoke(
+        app, ["extract", str(run), "--data", str(test), "--out", str(out), "--json"]
+    )
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["rows"] == 8 and summary["dim"] == 12 and out.exists()
+
+    result = runner.invoke(
+        app,
+        ["probe", str(run), "--train", str(train), "--data", str(test), "--probe", "svm", "--json"],
+    )
+    assert result.exit_code == 0, result.stderr
+    metrics = json.loads(result.stdout)
+    assert metrics["meta"]["probe"] == "svm" and metrics["num_samples"] == 8
+    result = runner.invoke(
+        app,
+        ["evaluate", str(run), "--data", str(test), "--probe", "logreg", "--train", str(train)],
+    )
+    assert result.exit_code == 0, result.stderr
+    assert "accuracy" in result.stdout
+
+
+def test_help_has_examples(runner):
+    for command in ("evaluate", "extract", "predict", "probe"):
+        result = runner.invoke(app, [command, "--help"])
+        assert result.exit_code == 0 and "Example" in result.stdout, command
