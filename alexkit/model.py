@@ -61,6 +61,8 @@ LAYER_NAMES = (
 # Layers that carry weights, in order; `trainable_from` takes one of these.
 WEIGHT_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "predictions")
 HEAD_PREFIX = "head_"
+# Typical standard deviation of natural-image pixels in 0..255 units (ImageNet ≈ 0.226).
+PIXEL_STD = 0.226 * 255
 
 _BIAS_ONE_LAYERS = {"conv2", "conv4", "conv5", "fc6", "fc7"}
 _BIAS_INIT = {"paper": 1.0, "caffe": 0.1}
@@ -92,8 +94,9 @@ def build_alexnet(
         dropout: dropout rate of the two hidden fully-connected layers (0.5 in the paper).
         bias_init: ``"paper"`` (biases 1 in conv2, conv4, conv5, fc6, fc7; 0 elsewhere)
             or ``"caffe"`` (0.1 there instead: Caffe found 1 can stall training).
-        kernel_init: ``"paper"`` (all weights N(0, 0.01)) or ``"he"`` (He-normal, which
-            trains from scratch faster on small data).
+        kernel_init: ``"paper"`` (all weights N(0, 0.01)) or ``"he"`` (He-normal scaled
+            to the pixel range, zero biases, a zero-initialised classifier: trains from
+            scratch faster and more stably on small data).
         lrn: LRN constants of the ``original`` variant: ``"paper"`` (k=2, alpha=1e-4) or
             ``"caffe"`` (k=1, alpha=1e-4/5: what Caffe-trained ``bvlc_alexnet`` needs).
         classifier_activation: ``"softmax"`` (default) or ``None`` for logits.
@@ -141,14 +144,28 @@ def build_alexnet(
 
     seeds = iter(range(0 if seed is None else seed * 100, 10**9))
 
-    def kernel_initializer():
+    # He init assumes unit-variance inputs; `original` feeds mean-subtracted pixels in
+    # 0..255 units (std ≈ 0.226 * 255 ≈ 58), so conv1's variance is scaled down to match.
+    input_std = PIXEL_STD / (sum(spec["std"]) / 3.0)
+
+    def kernel_initializer(layer: str = ""):
         s = None if seed is None else next(seeds)
         if kernel_init == "he":
+            if layer == "conv1":
+                return keras.initializers.VarianceScaling(
+                    scale=2.0 / input_std**2, mode="fan_in", distribution="truncated_normal", seed=s
+                )
+            if layer == "predictions":
+                # Zero logits at the start: the loss begins at exactly ln(C), and the
+                # classifier's own gradient h·(p − y) is non-zero, so it learns at once.
+                return keras.initializers.Zeros()
             return keras.initializers.HeNormal(seed=s)
         return keras.initializers.RandomNormal(mean=0.0, stddev=0.01, seed=s)
 
     def bias_initializer(layer: str):
-        if layer in _BIAS_ONE_LAYERS and variant == "original":
+        # Positive biases keep ReLUs alive under the paper's tiny N(0, 0.01) weights;
+        # He-scaled weights need no such help (and drift with it), so they get zeros.
+        if layer in _BIAS_ONE_LAYERS and variant == "original" and kernel_init == "paper":
             return keras.initializers.Constant(_BIAS_INIT[bias_init])
         return keras.initializers.Zeros()
 
@@ -157,7 +174,7 @@ def build_alexnet(
             strides=strides,
             padding=padding,
             activation="relu",
-            kernel_initializer=kernel_initializer(),
+            kernel_initializer=kernel_initializer(layer),
             bias_initializer=bias_initializer(layer),
             name=layer,
         )
@@ -171,7 +188,7 @@ def build_alexnet(
         return keras.layers.Dense(
             units,
             activation=activation,
-            kernel_initializer=kernel_initializer(),
+            kernel_initializer=kernel_initializer(layer),
             bias_initializer=bias_initializer(layer),
             name=layer,
             **kwargs,

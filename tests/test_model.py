@@ -172,3 +172,13 @@ def test_bad_arguments_repeat_what_was_received(kwargs, match):
 def test_headless_model_accepts_other_sizes():
     model = build_alexnet("original", include_top=False, input_shape=(259, 259, 3))
     assert model.output_shape == (None, 7, 7, 256)
+
+
+def test_he_init_starts_near_uniform_softmax():
+    model = build_alexnet("original", num_classes=5, kernel_init="he", seed=0)
+    assert not np.any(model.get_layer("fc6").bias.numpy())  # zero biases with He init
+    # Pixels with a natural-image spread (std ≈ 58 around the ImageNet mean).
+    x = np.random.default_rng(0).normal(120, 58, (4, 227, 227, 3)).clip(0, 255)
+    probs = model.predict(x.astype("float32"), verbose=0)
+    loss = -np.log(probs[:, 0]).mean()
+    assert loss == pytest.approx(np.log(5), abs=1e-5)  # zero classifier: loss = ln(C)

@@ -43,7 +43,9 @@ def print_json(obj: Any) -> None:
 
 def fail(message: str, code: int) -> typer.Exit:
     """Print ``error: message`` on stderr and return the Exit to raise."""
-    err_console().print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    err_console().print(
+        f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True
+    )
     return typer.Exit(code)
 
 
