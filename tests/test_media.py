@@ -583,16 +583,12 @@ def test_decode_image_dispatches_media_items(tmp_path):
 
 @pytest.mark.parametrize("name", ["video", "ct"])
 def test_media_recipes_parse_and_their_media_settings_are_valid(name):
-    from alexkit.recipes import load_recipe, tomllib
+    from alexkit.recipes import load_recipe
 
     recipe = load_recipe(name)
     assert recipe.name == name and recipe.dataset.url.startswith("https://")
-    # The [media] block is commented out until recipes.py reads it; it must stay valid.
-    with open(recipe.source, encoding="utf-8") as fh:
-        text = fh.read()
-    block = text.split("# [media]\n", 1)[1].split("\n\n", 1)[0]
-    table = tomllib.loads("\n".join(line[2:] for line in block.splitlines()))
-    opts = MediaOptions.from_mapping(table, source=recipe.source)
+    opts = recipe.media  # the [media] table, parsed into MediaOptions by recipes.py
+    assert isinstance(opts, MediaOptions)
     if name == "ct":
         assert recipe.grayscale and recipe.classes == ("normal", "hemorrhage")
         assert (opts.window_center, opts.window_width, opts.axis) == (40, 80, 2)
