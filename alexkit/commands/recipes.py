@@ -49,7 +49,7 @@ def list_cmd(
         return
     from rich.table import Table
 
-    table = Table(title="alexkit recipes (use with: alexkit train --recipe NAME)")
+    table = Table(title="alexkit recipes (use with: alexkit finetune --recipe NAME)")
     table.add_column("name", style="bold")
     table.add_column("variant")
     table.add_column("colour")
