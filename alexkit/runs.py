@@ -1,0 +1,316 @@
+"""Run directories, atomic checkpoints and history files for ``pretrain`` and ``finetune``.
+
+A run directory looks like this::
+
+    RUN/
+      config.json        resolved recipe/args, versions, class names, preprocessing,
+                         fingerprints of recipe and data (resume refuses a mismatch)
+      history.csv        one row per finished epoch (rewritten atomically, never duplicated)
+      model.keras        best model so far (by the monitored validation metric)
+      last.keras         model after the last finished epoch (pretrain)
+      metrics.json       validation report of the best model (written at the end)
+      logs/train, logs/validation   TensorBoard event files
+      checkpoints/
+        index.json       names of complete checkpoints, oldest first
+        ckpt-000000120/  model.npz, optimizer.npz, state.json (state.json written last)
+
+A checkpoint is written into a hidden temporary folder and renamed into place, then
+listed in ``index.json`` (also written atomically), so a ``kill -9`` at any moment leaves
+either the previous set of checkpoints or the new one. Loading tries the newest and
+falls back to the previous one when a file is missing or truncated.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from alexkit.errors import CheckpointError
+from alexkit.paths import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+CONFIG = "config.json"
+HISTORY = "history.csv"
+MODEL = "model.keras"
+LAST_MODEL = "last.keras"
+METRICS = "metrics.json"
+CHECKPOINTS = "checkpoints"
+LOGS = "logs"
+
+
+class RunDir:
+    """A training run's directory and the files in it.
+
+    Args:
+        path: the directory.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    config_path = property(lambda self: self.path / CONFIG)
+    history_path = property(lambda self: self.path / HISTORY)
+    model_path = property(lambda self: self.path / MODEL)
+    last_model_path = property(lambda self: self.path / LAST_MODEL)
+    metrics_path = property(lambda self: self.path / METRICS)
+    checkpoint_dir = property(lambda self: self.path / CHECKPOINTS)
+    logs_dir = property(lambda self: self.path / LOGS)
+
+    @classmethod
+    def prepare(cls, path: str | os.PathLike, *, resume: bool, force: bool) -> RunDir:
+        """Check that ``path`` may be used as asked, and make it exist.
+
+        Args:
+            path: the run directory.
+            resume: continue the run found there.
+            force: delete whatever is there and start afresh.
+
+        Raises:
+            CheckpointError: a non-empty directory without ``resume``/``force``, or
+                ``resume`` with nothing to resume.
+        """
+        run = cls(path)
+        if resume and force:
+            raise CheckpointError("--resume and --force contradict each other; pass only one.")
+        exists = run.path.exists()
+        if exists and not run.path.is_dir():
+            raise CheckpointError(
+                f"{run.path} is a file, not a run directory; choose another --out."
+            )
+        non_empty = exists and any(run.path.iterdir())
+        if resume:
+            if not run.config_path.exists():
+                raise CheckpointError(
+                    f"nothing to resume in {run.path} (no {CONFIG}); run again without --resume."
+                )
+            return run
+        if non_empty:
+            if not force:
+                raise CheckpointError(
+                    f"{run.path} already exists and is not empty; pass --resume to continue "
+                    "that run or --force to overwrite it."
+                )
+            shutil.rmtree(run.path)
+        run.path.mkdir(parents=True, exist_ok=True)
+        return run
+
+    def read_config(self) -> dict[str, Any]:
+        """The saved ``config.json``."""
+        try:
+            return json.loads(self.config_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise CheckpointError(
+                f"cannot read {self.config_path}: {err}; start a new run."
+            ) from err
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        """Write ``config.json`` atomically."""
+        atomic_write_text(self.config_path, json.dumps(config, indent=2, default=str) + "\n")
+
+    def write_history(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Rewrite ``history.csv`` from ``rows`` (one per epoch, deduplicated by epoch)."""
+        write_history(self.history_path, rows)
+
+    def read_history(self) -> list[dict[str, Any]]:
+        """Rows of ``history.csv`` (numbers parsed), or [] if absent."""
+        return read_history(self.history_path)
+
+
+def write_history(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """Write epoch rows to CSV atomically; later rows win over earlier ones for an epoch."""
+    by_epoch: dict[int, dict[str, Any]] = {}
+    for row in rows:
+        by_epoch[int(row["epoch"])] = row
+    ordered = [by_epoch[k] for k in sorted(by_epoch)]
+    fields: list[str] = []
+    for row in ordered:
+        for key in row:
+            if key not in fields:
+                fields.append(key)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for row in ordered:
+        writer.writerow({k: _fmt(row.get(k)) for k in fields})
+    atomic_write_text(path, buf.getvalue())
+
+
+def _fmt(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    return value
+
+
+def read_history(path: Path) -> list[dict[str, Any]]:
+    """Parse a history CSV written by :func:`write_history`."""
+    if not Path(path).exists():
+        return []
+    rows = []
+    with open(path, encoding="utf-8", newline="") as fh:
+        for row in csv.DictReader(fh):
+            rows.append({k: _parse(v) for k, v in row.items()})
+    return rows
+
+
+def _parse(value: str) -> Any:
+    if value == "":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+class CheckpointManager:
+    """Atomic checkpoints of model variables, optimizer variables and loop state.
+
+    Args:
+        directory: the ``checkpoints`` folder of a run.
+        keep: how many complete checkpoints to keep (the newest ones; at least 2 so a
+            damaged newest one can fall back).
+    """
+
+    def __init__(self, directory: str | os.PathLike, keep: int = 2):
+        self.directory = Path(directory)
+        self.keep = max(2, int(keep))
+
+    @property
+    def index_path(self) -> Path:
+        return self.directory / "index.json"
+
+    def _index(self) -> list[str]:
+        names: list[str] = []
+        try:
+            names = list(json.loads(self.index_path.read_text(encoding="utf-8"))["complete"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        # Folders that made it to their final name are complete even if the index
+        # update was lost (the rename happens only after every file is written).
+        if self.directory.exists():
+            for child in self.directory.iterdir():
+                if child.is_dir() and child.name.startswith("ckpt-") and child.name not in names:
+                    names.append(child.name)
+        return sorted(set(names), key=_step_of)
+
+    def list(self) -> list[Path]:
+        """Complete checkpoints, oldest first."""
+        return [self.directory / n for n in self._index() if (self.directory / n).is_dir()]
+
+    def save(
+        self,
+        model_arrays: Sequence[np.ndarray],
+        optimizer_arrays: Sequence[np.ndarray],
+        state: dict[str, Any],
+    ) -> Path:
+        """Write a checkpoint for ``state["global_step"]`` atomically; prune old ones.
+
+        Args:
+            model_arrays: values of ``model.variables`` in order.
+            optimizer_arrays: values of ``optimizer.variables`` in order.
+            state: JSON-able loop state (epoch, step, stage, schedule, history, ...).
+
+        Returns:
+            The checkpoint folder.
+        """
+        self.directory.mkdir(parents=True, exist_ok=True)
+        name = f"ckpt-{int(state['global_step']):09d}"
+        final = self.directory / name
+        tmp = self.directory / f".tmp-{name}-{os.getpid()}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        _save_arrays(tmp / "model.npz", model_arrays)
+        _save_arrays(tmp / "optimizer.npz", optimizer_arrays)
+        payload = json.dumps(state, default=_json_default)
+        with open(tmp / "state.json", "w", encoding="utf-8") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if final.exists():  # the same step saved again (e.g. Ctrl-C right after a save)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        names = [n for n in self._index() if n != name] + [name]
+        names = sorted(set(names), key=_step_of)
+        keep, drop = names[-self.keep :], names[: -self.keep]
+        atomic_write_text(self.index_path, json.dumps({"complete": keep}, indent=1) + "\n")
+        for old in drop:
+            shutil.rmtree(self.directory / old, ignore_errors=True)
+        # Temporary folders of killed processes are never complete: remove them.
+        for child in self.directory.iterdir():
+            if child.name.startswith(".tmp-ckpt-") and child != tmp:
+                shutil.rmtree(child, ignore_errors=True)
+        return final
+
+    def load_latest(self) -> tuple[dict[str, Any], list[np.ndarray], list[np.ndarray], Path]:
+        """Read the newest checkpoint that loads completely, falling back to older ones.
+
+        Returns:
+            ``(state, model_arrays, optimizer_arrays, folder)``.
+
+        Raises:
+            CheckpointError: no checkpoint, or none that loads.
+        """
+        candidates = list(reversed(self.list()))
+        if not candidates:
+            raise CheckpointError(
+                f"no complete checkpoint in {self.directory}; start the run again with --force."
+            )
+        problems = []
+        for folder in candidates:
+            try:
+                state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+                model_arrays = _load_arrays(folder / "model.npz")
+                optimizer_arrays = _load_arrays(folder / "optimizer.npz")
+            except Exception as err:  # noqa: BLE001 - any damage means "try the previous one"
+                log.warning(
+                    "checkpoint %s is unreadable (%s); trying the previous one", folder, err
+                )
+                problems.append(f"{folder.name}: {err}")
+                continue
+            return state, model_arrays, optimizer_arrays, folder
+        raise CheckpointError(
+            f"every checkpoint in {self.directory} is damaged ({'; '.join(problems)}); "
+            "start the run again with --force."
+        )
+
+
+def _step_of(name: str) -> int:
+    try:
+        return int(name.split("-", 1)[1])
+    except (IndexError, ValueError):
+        return -1
+
+
+def _save_arrays(path: Path, arrays: Sequence[np.ndarray]) -> None:
+    with open(path, "wb") as fh:
+        np.savez(fh, *[np.asarray(a) for a in arrays])
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _load_arrays(path: Path) -> list[np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        # Reading every array forces a CRC check of the whole file.
+        return [np.array(data[f"arr_{i}"]) for i in range(len(data.files))]
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON-able: {type(obj).__name__}")

@@ -1,0 +1,151 @@
+"""``kill -9`` in the middle of an epoch, then ``--resume``: a real subprocess each time."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from alexkit.cli import app
+
+RECIPE = """
+name = "resume-test"
+batch_size = 4
+seed = 0
+monitor = "accuracy"
+[augment]
+crop = false
+pca_lighting = 0.0
+[[stages]]
+name = "head"
+epochs = 2
+trainable_from = "head"
+optimizer = "adam"
+lr = 0.001
+[[stages]]
+name = "top"
+epochs = 1
+trainable_from = "fc7"
+optimizer = "sgd"
+lr = 0.0001
+"""
+
+
+def _checkpoint_steps(out):
+    try:
+        index = json.loads((out / "checkpoints" / "index.json").read_text())
+    except (OSError, ValueError):
+        return []
+    return [int(name.split("-")[1]) for name in index["complete"]]
+
+
+def _run_until_killed(args, out, kill_after_step, timeout=240.0):
+    """Start ``python -m alexkit ARGS``; SIGKILL it once a checkpoint >= the step exists."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", NO_COLOR="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "alexkit", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise AssertionError(
+                    f"finished before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+                )
+            if any(step >= kill_after_step for step in _checkpoint_steps(out)):
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return
+            time.sleep(0.05)
+        raise AssertionError("no checkpoint appeared in time")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _rows(history):
+    """History rows without the wall-clock columns."""
+    return [{k: v for k, v in r.items() if k not in ("seconds", "img_per_s")} for r in history]
+
+
+@pytest.mark.slow
+def test_finetune_kill_9_mid_epoch_then_resume_gives_the_uninterrupted_history(
+    tmp_path, class_folder
+):
+    from alexkit.model import build_alexnet
+    from alexkit.train import finetune
+
+    weights = tmp_path / "features.keras"
+    build_alexnet("original", num_classes=10, kernel_init="he", seed=0).save(weights)
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(RECIPE)
+
+    # The reference: the same run, uninterrupted, in this process.
+    reference = finetune(
+        str(recipe), class_folder, weights=str(weights), out=tmp_path / "ref", steps_per_epoch=3
+    )
+
+    out = tmp_path / "run"
+    # 3 steps per epoch; checkpoint every step; kill once step 5 (epoch 2, step 2) is saved.
+    args = ["finetune", "--recipe", str(recipe), "--data", str(class_folder), "--quiet"]
+    args += ["--weights", str(weights), "--out", str(out), "--steps-per-epoch", "3"]
+    args += ["--checkpoint-every", "1"]
+    _run_until_killed(args, out, kill_after_step=5)
+    assert (out / "config.json").is_file()
+    before = [int(line.split(",")[0]) for line in (out / "history.csv").read_text().split()[1:]]
+    assert before and before[-1] < 3  # killed before the end
+
+    # `--resume` needs only --out: recipe, data, weights and options come from the run.
+    cli = CliRunner().invoke(app, ["finetune", "--out", str(out), "--resume", "-q", "--json"])
+    assert cli.exit_code == 0, cli.stderr
+    result = json.loads(cli.stdout)
+    history = result["history"]
+    assert [r["epoch"] for r in history] == [1, 2, 3]  # every epoch exactly once
+    assert [r["stage_name"] for r in history] == ["head", "head", "top"]
+    assert [r["images"] for r in history] == [12, 12, 12]  # full epochs, no steps lost
+    csv_epochs = [int(line.split(",")[0]) for line in (out / "history.csv").read_text().split()[1:]]
+    assert csv_epochs == [1, 2, 3]
+    # Same seed on CPU, another process, killed and resumed: the very same history
+    # (determinism, and the resume continues at the right stage, epoch and step).
+    assert _rows(history) == _rows(reference.history)
+    # The best model is kept: its epoch is the best of the whole history.
+    best = max(history, key=lambda r: (r["val_accuracy"], -r["epoch"]))
+    assert result["best_epoch"] == best["epoch"] == reference.best_epoch
+    assert (out / "model.keras").is_file() and (out / "metrics.json").is_file()
+    assert result["metrics"]["accuracy"] == reference.metrics["accuracy"]
+
+
+@pytest.mark.slow
+def test_pretrain_kill_9_mid_epoch_then_resume(tmp_path):
+    from conftest import write_class_images
+
+    data = tmp_path / "imagenet"
+    write_class_images(data / "train", [f"n0{i:07d}" for i in range(4)], 10, fmt="JPEG")
+    out = tmp_path / "run"
+    # 32 training images, batch 8: 4 steps per epoch; checkpoints every 3 steps.
+    args = ["pretrain", "--data", str(data), "--out", str(out), "--epochs", "2", "--quiet"]
+    args += ["--batch-size", "8", "--lr", "0.0001", "--init", "he", "--no-jit"]
+    args += ["--checkpoint-every", "3"]
+    _run_until_killed(args, out, kill_after_step=6)  # step 6 = epoch 2, step 2
+    cli = CliRunner().invoke(app, ["pretrain", "--out", str(out), "--resume", "-q", "--json"])
+    assert cli.exit_code == 0, cli.stderr
+    result = json.loads(cli.stdout)
+    assert [r["epoch"] for r in result["history"]] == [1, 2]
+    assert [r["images"] for r in result["history"]] == [32, 32]
+    assert result["weights_name"] == "pretrain-original-run"  # registered at the end
+    state = json.loads(
+        sorted((out / "checkpoints").glob("ckpt-*"))[-1].joinpath("state.json").read_text()
+    )
+    assert state["global_step"] == 8 and state["epoch"] == 2
+    assert state["schedule"]["kind"] == "plateau"  # LR-schedule state travels with it
+    assert (out / "last.keras").is_file()
