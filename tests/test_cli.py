@@ -86,3 +86,17 @@ def test_python_dash_m_entry_point():
         [sys.executable, "-m", "alexkit", "--version"], capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 0 and proc.stdout.strip() == f"alexkit {__version__}"
+
+
+def test_atomic_writes_have_ordinary_permissions(tmp_path):
+    import os
+
+    from alexkit.paths import atomic_write_text
+
+    target = tmp_path / "out.json"
+    atomic_write_text(target, "{}")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (target.stat().st_mode & 0o777) == (0o666 & ~umask)
+    assert target.read_text() == "{}"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # no temp file left
