@@ -4,6 +4,10 @@
 
     import alexkit
     model = alexkit.build_alexnet(variant="original", num_classes=1000)
+    same = alexkit.load_model("model.keras")  # safe mode, custom layers registered
+
+If Keras is already imported, ``import alexkit`` registers the custom layers at once, so
+``keras.saving.load_model`` works on alexkit models too.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ __version__ = "0.1.0"
 __all__ = [
     "__version__",
     "build_alexnet",
+    "load_model",
     "replace_head",
     "freeze",
     "feature_extractor",
@@ -23,7 +28,7 @@ __all__ = [
 
 def __getattr__(name: str):
     # Lazy so that `alexkit --help` never imports TensorFlow/Keras.
-    if name in {"build_alexnet", "replace_head", "freeze", "feature_extractor"}:
+    if name in {"build_alexnet", "replace_head", "freeze", "feature_extractor", "load_model"}:
         from alexkit import model
 
         return getattr(model, name)
@@ -32,3 +37,15 @@ def __getattr__(name: str):
 
         return getattr(layers, name)
     raise AttributeError(f"module 'alexkit' has no attribute {name!r}")
+
+
+def _register_layers_if_keras_is_loaded() -> None:
+    # Keeping `import alexkit` light matters for `alexkit --help`; but a user who already
+    # imported Keras pays nothing for the registration that load_model needs.
+    import sys
+
+    if "keras" in sys.modules:
+        from alexkit import layers  # noqa: F401
+
+
+_register_layers_if_keras_is_loaded()

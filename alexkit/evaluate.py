@@ -40,8 +40,10 @@ class EvalReport:
         confusion_normalized: rows divided by their sum (rows with no samples stay 0).
         binary: for two classes, ROC AUC, PR AUC (average precision), sensitivity,
             specificity, threshold and the ROC curve; None otherwise.
-        groups: clip/volume-level aggregation for media items, when available.
+        groups: clip/volume-level summary for media items (see :func:`group_report`).
         meta: free-form context (model, data, tta) copied into ``metrics.json``.
+        group_eval: the full clip/volume-level ``EvalReport`` (one row per source;
+            ``predictions`` of it go to ``group_predictions.csv``), or None.
     """
 
     class_names: list[str]
@@ -62,6 +64,7 @@ class EvalReport:
     binary: dict[str, Any] | None = None
     groups: dict[str, Any] | None = None
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+    group_eval: EvalReport | None = dataclasses.field(default=None, repr=False)
 
     @property
     def num_samples(self) -> int:
@@ -382,21 +385,36 @@ def align_spec(spec: Any, class_names: Sequence[str], *, require_labels: bool = 
     return dataclasses.replace(spec, labels=labels, class_names=tuple(names))
 
 
+def media_options_from_config(config: dict[str, Any] | None) -> Any:
+    """The run's ``[media]`` recipe settings as ``MediaOptions`` (None when absent)."""
+    table = ((config or {}).get("recipe") or {}).get("media")
+    if not table:
+        return None
+    from alexkit.media import MediaOptions
+
+    return MediaOptions.from_mapping(
+        {k: v for k, v in table.items() if v is not None}, source="config.json"
+    )
+
+
 def load_eval_spec(
     source: str | Path,
     class_names: Sequence[str] | None = None,
     *,
     prefer_splits: Sequence[str] = ("test", "val"),
+    media_options: Any = None,
 ) -> Any:
     """Load data for evaluation: never re-split, and one split when the source has several.
 
     A source with ``train/val/test`` folders is evaluated on ``test`` (else ``val``);
     ``prefer_splits=("train",)`` picks the training part (for a probe). With
     ``class_names`` the labels are re-indexed to that order (unknown classes refused).
+    ``media_options`` expand clips and volumes as in training (see
+    :func:`media_options_from_config`).
     """
     from alexkit.data import load_spec
 
-    spec = load_spec(source, val_fraction=0.0)
+    spec = load_spec(source, val_fraction=0.0, media_options=media_options)
     present = set(spec.splits)
     if len(present - {""}) >= 1:
         for split in prefer_splits:
@@ -454,7 +472,7 @@ def evaluate_model(
     from alexkit import data as data_mod
 
     if isinstance(spec_or_path, str | Path):
-        spec = load_eval_spec(spec_or_path, names)
+        spec = load_eval_spec(spec_or_path, names, media_options=media_options_from_config(config))
     else:
         spec = align_spec(spec_or_path, names)
 
@@ -509,7 +527,8 @@ def evaluate_model(
     )
     if isinstance(model_or_run, str | Path):
         report.meta["model"] = str(model_or_run)
-    report.groups = group_report(report)
+    report.group_eval = group_eval(report)
+    report.groups = group_report(report, report.group_eval)
     return report
 
 
@@ -517,44 +536,80 @@ def _decode_str(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def group_report(report: EvalReport) -> dict[str, Any] | None:
-    """Clip/volume-level metrics when items are media members (``path#member``).
+def group_eval(report: EvalReport) -> EvalReport | None:
+    """The report one level up: one row per clip / volume / multi-frame file.
 
-    Members of one file are aggregated by averaging their probabilities
-    (``alexkit.media.aggregate``; a plain mean when the media extra is absent).
-    None when no item has members.
+    Items ``path#member`` of one source (``alexkit.media.parse_item``) are aggregated by
+    averaging their probabilities (``alexkit.media.aggregate``); the source's label is
+    its items' common label. The returned report's ``paths`` are the source paths.
+    None when no source has more than one item (plain images, single-slice DICOM), or
+    when items of one source carry different labels (logged).
     """
-    if not report.paths or not any("#" in p for p in report.paths):
+    if not report.paths:
+        return None
+    from alexkit.media import aggregate, aggregate_labels
+
+    keys, probs = aggregate(report.paths, report.probs, by="source")
+    if len(keys) == len(report.paths):  # every item is its own source: nothing to aggregate
         return None
     try:
-        from alexkit.media import aggregate, aggregate_labels
-    except ImportError:
-        aggregate = aggregate_labels = None
-    if aggregate is not None:
-        keys, probs = aggregate(report.paths, report.probs, by="source")
         _, truth = aggregate_labels(report.paths, report.y_true, by="source")
-    else:
-        names = [p.split("#", 1)[0] for p in report.paths]
-        keys, inverse = np.unique(np.asarray(names), return_inverse=True)
-        probs = np.zeros((keys.size, report.probs.shape[1]))
-        np.add.at(probs, inverse, report.probs)
-        probs /= np.bincount(inverse, minlength=keys.size)[:, None]
-        truth = np.zeros(keys.size, dtype=np.int64)
-        truth[inverse] = report.y_true  # members of one file share its label
-    if len(keys) == len(report.paths):  # '#' was part of file names, not members
+    except DataError as exc:
+        # Per-slice labels (e.g. a manifest of RSNA slices) differ within a volume:
+        # frame-level metrics still stand, a volume label does not exist.
+        log.warning("no clip/volume-level metrics: %s", exc)
         return None
     group = compute_report(
         truth, probs, report.class_names, threshold=_threshold(report), paths=list(keys)
     )
+    group.meta["level"] = _level(keys)
+    return group
+
+
+def _level(sources: Sequence[str]) -> str:
+    """What the aggregated sources are, for headings: "clip", "volume" or "file"."""
+    from alexkit.media import NIFTI_EXTENSIONS, VIDEO_EXTENSIONS
+
+    kinds = set()
+    for source in sources:
+        name = source.lower()
+        if any(name.endswith(ext) for ext in VIDEO_EXTENSIONS):
+            kinds.add("clip")
+        elif Path(source).is_dir() or any(name.endswith(ext) for ext in NIFTI_EXTENSIONS):
+            kinds.add("volume")
+        else:
+            kinds.add("file")
+    return kinds.pop() if len(kinds) == 1 else "file"
+
+
+def group_report(report: EvalReport, group: EvalReport | None = None) -> dict[str, Any] | None:
+    """Clip/volume-level metrics for ``metrics.json`` (``"groups"``), from :func:`group_eval`.
+
+    Keys: ``level`` ("clip", "volume" or "file"), ``num_groups``, ``aggregation``,
+    ``accuracy``, ``top5_accuracy``, ``macro_avg``, ``weighted_avg``, ``per_class``,
+    ``confusion_matrix`` and, for two classes, ``binary`` (ROC/PR AUC, sensitivity,
+    specificity; no curve). None when no item has members.
+    """
+    group = group if group is not None else group_eval(report)
+    if group is None:
+        return None
+    full = group.to_dict()
     out = {
-        "num_groups": int(len(keys)),
-        "aggregation": "mean probability over the frames/slices of each file",
+        "level": group.meta.get("level", "file"),
+        "num_groups": group.num_samples,
+        "aggregation": "mean probability over the frames/slices of each source",
         "accuracy": group.accuracy,
-        "macro_avg": group.macro,
-        "confusion_matrix": group.confusion.tolist(),
+        "top5_accuracy": group.top5_accuracy,
+        "macro_avg": full["macro_avg"],
+        "weighted_avg": full["weighted_avg"],
+        "per_class": full["per_class"],
+        "confusion_matrix": full["confusion_matrix"],
     }
-    if group.binary is not None:
-        out["roc_auc"] = group.binary["roc_auc"]
+    if "binary" in full:
+        binary = dict(full["binary"])
+        binary.pop("roc_curve", None)
+        out["binary"] = binary
+        out["roc_auc"] = binary.get("roc_auc")  # kept at the top level for scripts
     return out
 
 

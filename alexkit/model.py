@@ -244,6 +244,18 @@ def build_alexnet(
     return keras.Model(inputs, x, name=name or f"alexnet_{variant}")
 
 
+def load_model(path: str) -> keras.Model:
+    """Load a ``.keras`` alexkit model in Keras' safe mode (no code runs from the file).
+
+    Args:
+        path: a ``.keras`` file written by alexkit (or any Keras model).
+
+    Returns:
+        The model, taking raw RGB pixels in [0, 255].
+    """
+    return keras.saving.load_model(path, safe_mode=True)
+
+
 def variant_of(model: keras.Model) -> str:
     """Tell which variant a model is by its layers (LRN ⇒ original)."""
     names = {layer.name for layer in model.layers}

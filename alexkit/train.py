@@ -325,8 +325,13 @@ def _load_specs(
     seed: int,
     class_names: Sequence[str] | None = None,
     val_fraction: float = 0.2,
+    media_options: Any = None,
 ) -> tuple[Any, Any | None]:
-    """Train and validation specs: ``val`` if given, else the data's own val split."""
+    """Train and validation specs: ``val`` if given, else the data's own val split.
+
+    ``media_options`` (a recipe's ``[media]`` table) decide how clips, DICOM and NIfTI
+    files expand into frames and slices.
+    """
     from alexkit import data as data_mod
 
     spec = data_mod.load_spec(
@@ -334,6 +339,7 @@ def _load_specs(
         class_names=None if class_names is None else list(class_names),
         seed=seed,
         val_fraction=0.0 if val is not None else val_fraction,
+        media_options=media_options,
     )
     if val is not None:
         train = spec.subset("train") if "train" in set(spec.splits) else spec
@@ -342,7 +348,11 @@ def _load_specs(
         # The whole --val source is validation data (no carving); a split-folder root
         # contributes its val split.
         val_spec = data_mod.load_spec(
-            str(val), class_names=list(spec.class_names), seed=seed, val_fraction=0.0
+            str(val),
+            class_names=list(spec.class_names),
+            seed=seed,
+            val_fraction=0.0,
+            media_options=media_options,
         )
         if "val" in set(val_spec.splits):
             val_spec = val_spec.subset("val")
@@ -1143,6 +1153,7 @@ def finetune(
         seed=seed,
         class_names=class_names,
         val_fraction=float(_recipe_get(rec, "val_fraction", 0.2)),
+        media_options=_recipe_get(rec, "media"),
     )
     _check_labels(train_spec, str(data))
     class_names = list(train_spec.class_names)

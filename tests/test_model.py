@@ -182,3 +182,23 @@ def test_he_init_starts_near_uniform_softmax():
     probs = model.predict(x.astype("float32"), verbose=0)
     loss = -np.log(probs[:, 0]).mean()
     assert loss == pytest.approx(np.log(5), abs=1e-5)  # zero classifier: loss = ln(C)
+
+
+def test_load_model_and_keras_load_after_import(tmp_path):
+    import subprocess
+    import sys
+
+    model = build_alexnet("original", num_classes=3, seed=0, include_top=True)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    code = (
+        "import keras, alexkit, sys\n"
+        "m = keras.saving.load_model(sys.argv[1])\n"  # layers registered by `import alexkit`
+        "m2 = alexkit.load_model(sys.argv[1])\n"
+        "print(m.count_params(), m2.count_params())\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == [str(model.count_params())] * 2

@@ -1,0 +1,287 @@
+"""``alexkit demo``: the whole toolkit on real data that ships with scikit-learn.
+
+The story is transfer learning in miniature. AlexNet is pretrained on handwritten
+digits 0–4 (the "source task", standing in for ImageNet), then fine-tuned on digits 5–9
+with only a few labelled images per class (the "target task") twice: from the
+pretrained weights and from scratch. Both are evaluated on the same held-out images,
+features are extracted to CSV, and a summary says which won and where everything is.
+
+Nothing is downloaded: the digits are materialised as PNG folders by
+:func:`alexkit.datasets.materialize_digits`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from alexkit.errors import CheckpointError
+from alexkit.paths import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+SOURCE_DIGITS = range(0, 5)
+TARGET_DIGITS = range(5, 10)
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    """How much work each step does. ``full`` fits in ~10 minutes on 2 CPU cores."""
+
+    source_per_class: int  # images per digit for pretraining (≤ ~180)
+    pretrain_epochs: int
+    shots: int  # labelled target images per digit for fine-tuning
+    val_per_class: int  # target validation images per digit
+    test_per_class: int  # held-out target images per digit
+    finetune_epochs: int | None  # None: the digits recipe's own stage epochs
+    batch_size: int
+
+
+SIZES = {
+    "full": DemoSize(
+        source_per_class=120,
+        pretrain_epochs=4,
+        shots=10,
+        val_per_class=10,
+        test_per_class=60,
+        finetune_epochs=None,
+        batch_size=32,
+    ),
+    "quick": DemoSize(
+        source_per_class=16,
+        pretrain_epochs=1,
+        shots=4,
+        val_per_class=2,
+        test_per_class=4,
+        finetune_epochs=1,
+        batch_size=16,
+    ),
+}
+
+
+@dataclass
+class DemoResult:
+    """What the demo produced.
+
+    Attributes:
+        out: the demo folder.
+        rows: one dict per approach (``transfer``, ``scratch``): accuracy, macro F1,
+            labelled images, seconds.
+        artefacts: name → path of every file a person may want to open.
+        seconds: wall time.
+        quick: whether the quick size ran.
+    """
+
+    out: Path
+    rows: list[dict[str, Any]]
+    artefacts: dict[str, Path] = field(default_factory=dict)
+    seconds: float = 0.0
+    quick: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "out": str(self.out),
+            "quick": self.quick,
+            "seconds": round(self.seconds, 1),
+            "results": self.rows,
+            "artefacts": {k: str(v) for k, v in self.artefacts.items()},
+        }
+
+
+ProgressFn = Callable[[str], None]
+
+
+def _say(progress: ProgressFn | None, message: str) -> None:
+    log.info(message)
+    if progress is not None:
+        progress(message)
+
+
+def _sample(paths: list[Path], n: int, rng: np.random.Generator) -> list[Path]:
+    order = rng.permutation(len(paths))
+    return [paths[i] for i in order[:n]]
+
+
+def write_manifests(
+    source_root: Path, target_root: Path, out: Path, size: DemoSize, seed: int
+) -> tuple[Path, Path]:
+    """Write the source (pretraining) and target (few-shot) CSV manifests.
+
+    The target manifest marks each image ``train`` (the few labelled shots), ``val`` or
+    ``test``; the same seed gives the same choice.
+
+    Returns:
+        (source manifest, target manifest).
+    """
+    rng = np.random.default_rng(seed)
+    source_rows, target_rows = [], []
+    for digit in SOURCE_DIGITS:
+        files = sorted((source_root / str(digit)).glob("*.png"))
+        for path in _sample(files, size.source_per_class, rng):
+            source_rows.append((str(path), str(digit), ""))
+    for digit in TARGET_DIGITS:
+        files = sorted((target_root / str(digit)).glob("*.png"))
+        need = size.shots + size.val_per_class + size.test_per_class
+        chosen = _sample(files, min(need, len(files)), rng)
+        splits = (
+            ["train"] * size.shots + ["val"] * size.val_per_class + ["test"] * size.test_per_class
+        )
+        for path, split in zip(chosen, splits, strict=False):
+            target_rows.append((str(path), str(digit), split))
+
+    def write(path: Path, rows: list[tuple[str, str, str]], with_split: bool) -> Path:
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(["path", "label", "split"] if with_split else ["path", "label"])
+        for p, label, split in rows:
+            writer.writerow([p, label, split] if with_split else [p, label])
+        atomic_write_text(path, buf.getvalue())
+        return path
+
+    data_dir = out / "data"
+    return (
+        write(data_dir / "source.csv", source_rows, with_split=False),
+        write(data_dir / "target.csv", target_rows, with_split=True),
+    )
+
+
+def run_demo(
+    out: str | Path = "alexkit-demo",
+    *,
+    quick: bool = False,
+    force: bool = False,
+    seed: int = 0,
+    progress: ProgressFn | None = None,
+    train_progress: Callable[[dict[str, Any]], None] | None = None,
+) -> DemoResult:
+    """Run the demo end to end and write everything under ``out``.
+
+    Args:
+        out: the demo folder (refused if it holds anything, unless ``force``).
+        quick: a much smaller run with the same steps (for CI and a first look).
+        force: delete ``out`` first.
+        seed: seed of the data choice and of every training run.
+        progress: called with a one-line message at each step.
+        train_progress: the training event callback passed to pretrain/finetune.
+
+    Returns:
+        A :class:`DemoResult`.
+
+    Raises:
+        CheckpointError: ``out`` exists and is not empty (without ``force``).
+    """
+    from alexkit import datasets, train
+    from alexkit.data import load_spec
+    from alexkit.evaluate import evaluate_model, load_trained
+    from alexkit.extract import extract_features
+    from alexkit.report import write_report
+
+    t0 = time.perf_counter()
+    size = SIZES["quick" if quick else "full"]
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise CheckpointError(
+                f"{out} already holds files: choose another --out or add --force to replace it."
+            )
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    artefacts: dict[str, Path] = {}
+
+    _say(progress, "Materialising scikit-learn's digits as PNG folders (no download)")
+    source_root = datasets.materialize_digits(digits=SOURCE_DIGITS)
+    target_root = datasets.materialize_digits(digits=TARGET_DIGITS)
+    source_csv, target_csv = write_manifests(source_root, target_root, out, size, seed)
+    artefacts["target manifest"] = target_csv
+
+    _say(progress, f"Pretraining AlexNet on digits 0-4 ({size.source_per_class} per digit)")
+    pre = train.pretrain(
+        source_csv,
+        variant="original",
+        epochs=size.pretrain_epochs,
+        batch_size=size.batch_size,
+        # The paper's N(0, 0.01) init needs many epochs to leave the plateau; He init
+        # lets a 2-core CPU see learning within minutes.
+        init="he",
+        # The paper's 0.01 is for batch 128 on ImageNet; on a few hundred digits at
+        # batch 32 it diverges. 2e-4 with He init learns in a couple of epochs.
+        lr=2e-4,
+        schedule="step",
+        out=out / "pretrain",
+        seed=seed,
+        register=False,
+        progress=train_progress,
+    )
+    artefacts["pretrained model"] = pre.model_path
+
+    # "Scratch" starts from the very initialisation pretraining started from (He, same
+    # seed), untrained: the comparison isolates what pretraining on 0-4 contributed.
+    from alexkit.model import build_alexnet
+
+    scratch_init = out / "scratch-init.keras"
+    build_alexnet("original", num_classes=len(SOURCE_DIGITS), kernel_init="he", seed=seed).save(
+        scratch_init
+    )
+
+    rows = []
+    for approach, weights in (("transfer", str(pre.model_path)), ("scratch", str(scratch_init))):
+        _say(progress, f"Fine-tuning on digits 5-9, {size.shots} labelled per digit ({approach})")
+        run = train.finetune(
+            "digits",
+            target_csv,
+            weights=weights,
+            out=out / f"finetune-{approach}",
+            epochs=size.finetune_epochs,
+            batch_size=size.batch_size,
+            seed=seed,
+            progress=train_progress,
+        )
+        _say(progress, f"Evaluating the {approach} model on held-out digits 5-9")
+        model, class_names, config = load_trained(run.run_dir)
+        test_spec = load_spec(target_csv, class_names=class_names, split="test")
+        report = evaluate_model(
+            model, test_spec, class_names=class_names, config=config, batch_size=size.batch_size
+        )
+        written = write_report(report, out / f"evaluate-{approach}")
+        artefacts[f"{approach} confusion matrix"] = written["confusion_matrix.png"]
+        rows.append(
+            {
+                "approach": approach,
+                "weights": "pretrained on digits 0-4"
+                if approach == "transfer"
+                else "random (same He init, untrained)",
+                "labelled_images": size.shots * len(TARGET_DIGITS),
+                "test_images": int(len(test_spec)),
+                "accuracy": round(float(report.accuracy), 4),
+                "macro_f1": round(float(report.macro["f1"]), 4),
+                "seconds": round(run.seconds, 1),
+            }
+        )
+        if approach == "transfer":
+            _say(progress, "Extracting fc7 features of the test images to CSV")
+            features = extract_features(
+                model,
+                test_spec,
+                out / "features-fc7.csv",
+                layer="fc7",
+                batch_size=size.batch_size,
+                grayscale=bool(config.get("grayscale", False)),
+            )
+            artefacts["fc7 features"] = features.path
+
+    result = DemoResult(out=out, rows=rows, artefacts=artefacts, quick=quick)
+    result.seconds = time.perf_counter() - t0
+    summary = out / "summary.json"
+    atomic_write_text(summary, json.dumps(result.to_dict(), indent=2) + "\n")
+    result.artefacts["summary"] = summary
+    return result

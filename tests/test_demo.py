@@ -1,0 +1,67 @@
+"""`alexkit demo --quick`: the newcomer's path, end to end, at CI size."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from alexkit.cli import app
+from alexkit.demo import SIZES, write_manifests
+
+
+@pytest.mark.slow
+def test_demo_quick_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out), "--json", "--quiet"])
+    assert result.exit_code == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout)  # --json: nothing but JSON on stdout
+    assert summary == json.loads((out / "summary.json").read_text())
+    approaches = {row["approach"]: row for row in summary["results"]}
+    assert set(approaches) == {"transfer", "scratch"}
+    size = SIZES["quick"]
+    for row in approaches.values():
+        assert row["test_images"] == size.test_per_class * 5
+        assert 0.0 <= row["accuracy"] <= 1.0
+        # The reported accuracy is the evaluation's own, from the written files.
+        metrics = json.loads((out / f"evaluate-{row['approach']}" / "metrics.json").read_text())
+        assert metrics["accuracy"] == pytest.approx(row["accuracy"], abs=1e-4)
+    for name in ("transfer confusion matrix", "scratch confusion matrix"):
+        png = out / f"evaluate-{name.split()[0]}" / "confusion_matrix.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with open(out / "features-fc7.csv", newline="") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0][:2] == ["path", "label"] and len(rows[0]) == 2 + 4096
+    assert len(rows) - 1 == size.test_per_class * 5
+    # The transfer run started from the pretrained model of the source task.
+    config = json.loads((out / "finetune-transfer" / "config.json").read_text())
+    assert config["class_names"] == ["5", "6", "7", "8", "9"]
+
+
+def test_demo_refuses_to_clobber(tmp_path):
+    (tmp_path / "keep.txt").write_text("mine")
+    result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(tmp_path)])
+    assert result.exit_code == 4
+    assert "--force" in result.stderr
+    assert (tmp_path / "keep.txt").read_text() == "mine"
+
+
+def test_demo_manifests_are_disjoint_and_seeded(tmp_path):
+    from alexkit.datasets import materialize_digits
+
+    source = materialize_digits(digits=range(5))
+    target = materialize_digits(digits=range(5, 10))
+    size = SIZES["full"]
+    _, first = write_manifests(source, target, tmp_path / "a", size, seed=3)
+    _, again = write_manifests(source, target, tmp_path / "b", size, seed=3)
+    assert first.read_text() == again.read_text()
+    with open(first, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    by_split: dict[str, set[str]] = {}
+    for row in rows:
+        by_split.setdefault(row["split"], set()).add(row["path"])
+    assert len(by_split["train"]) == size.shots * 5
+    assert len(by_split["test"]) == size.test_per_class * 5
+    assert not (by_split["train"] & by_split["test"]) and not (by_split["val"] & by_split["test"])
