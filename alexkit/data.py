@@ -42,7 +42,7 @@ import numpy as np
 
 from alexkit import decode as _decode
 from alexkit.augment import AugmentConfig
-from alexkit.errors import DataError, UsageError
+from alexkit.errors import DataError, MissingExtraError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -270,36 +270,100 @@ def _kind(name: str, media_exts: tuple[str, ...]) -> str:
     return "other"
 
 
-def _walk(folder: Path) -> Iterable[Path]:
-    """Files under ``folder``, sorted, skipping hidden files/dirs, __MACOSX and ._* files."""
+def _walk(folder: Path, media_exts: tuple[str, ...] = ()) -> Iterable[Path]:
+    """Files under ``folder``, sorted, skipping hidden files/dirs, __MACOSX and ._* files.
+
+    A sub-folder holding one DICOM series is yielded itself (a volume), not walked.
+    """
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if _visible(d))
+        kept = []
+        for d in sorted(d for d in dirnames if _visible(d)):
+            sub = Path(dirpath) / d
+            if media_exts and is_series_folder(sub):
+                yield sub
+            else:
+                kept.append(d)
+        dirnames[:] = kept
         for name in sorted(filenames):
             if _visible(name):
                 yield Path(dirpath) / name
 
 
-def _collect(folder: Path, media_options: Any, ignored: list) -> list[tuple[str, str]]:
-    """(item, group) for every image or media item under ``folder``."""
+def is_series_folder(folder: Path) -> bool:
+    """``alexkit.media.is_dicom_series``, asked only of folders that may hold DICOM.
+
+    Folders of ordinary images are never opened (the check reads file headers); a
+    folder of extension-less files without pydicom installed is simply not a series.
+    """
+    try:
+        names = [n for n in os.listdir(folder) if _visible(n)]
+    except OSError:
+        return False
+    dicom_named = [n for n in names if os.path.splitext(n.lower())[1] in (".dcm", ".dicom")]
+    candidates = dicom_named or [n for n in names if not os.path.splitext(n)[1]]
+    if len(candidates) < 2 or not all(os.path.isfile(folder / n) for n in candidates[:2]):
+        return False
+    media = _decode.media_module()
+    if media is None:
+        return False
+    try:
+        return bool(media.is_dicom_series(str(folder)))
+    except MissingExtraError:
+        if dicom_named:
+            raise
+        return False
+
+
+def collect_items(folder: Path, media_options: Any, ignored: list) -> list[tuple[str, str]]:
+    """(item, group) for every image or media item under ``folder``, recursively.
+
+    Clips, DICOM files and NIfTI volumes give one item per frame/slice, a DICOM series
+    sub-folder one volume. ``ignored`` receives ``(path, reason)`` for other files and
+    for media that cannot be read (reason starting with :data:`UNREADABLE_MEDIA`).
+
+    Raises:
+        MissingExtraError: media files whose reader is not installed.
+    """
     media_exts = _media_extensions()
     out: list[tuple[str, str]] = []
-    for path in _walk(folder):
+    for path in _walk(folder, media_exts):
+        if path.is_dir():  # a DICOM series: one volume
+            out.extend(expand_media(path, media_options, ignored))
+            continue
         kind = _kind(path.name, media_exts)
         if kind == "image":
             out.append((str(path), ""))
         elif kind == "media":
-            out.extend(_expand_media(path, media_options, ignored))
+            out.extend(expand_media(path, media_options, ignored))
         else:
             ignored.append((str(path), "not an image file extension"))
     return out
 
 
-def _expand_media(path: Path, options: Any, ignored: list) -> list[tuple[str, str]]:
+# The reason prefix of a clip/DICOM/volume that failed to expand: `data check` lists
+# these as unreadable (like broken images), not as ignored files.
+UNREADABLE_MEDIA = "unreadable media"
+
+
+def expand_media(path: Path, options: Any, ignored: list) -> list[tuple[str, str]]:
+    """Frames/slices of one clip, DICOM file, volume or series; broken ones are listed.
+
+    Raises:
+        MissingExtraError: the reader for this kind is not installed (not a per-file
+            problem: every such file would fail, so say how to install it once).
+    """
     media = _decode.media_module()
     try:
         pairs = media.expand(str(path), options)
+    except MissingExtraError:
+        raise
+    except DataError as exc:
+        # UnreadableImage keeps the reader's reason whole (it may name a pip command).
+        reason = getattr(exc, "reason", None) or _decode._short(exc)
+        ignored.append((str(path), f"{UNREADABLE_MEDIA} ({reason})"))
+        return []
     except Exception as exc:  # media readers raise many kinds; the file is reported, not fatal
-        ignored.append((str(path), f"unreadable media ({_decode._short(exc)})"))
+        ignored.append((str(path), f"{UNREADABLE_MEDIA} ({_decode._short(exc)})"))
         return []
     return [(str(item), str(group)) for item, group in pairs]
 
@@ -443,7 +507,7 @@ def _class_folder_spec(root: Path, media_options: Any) -> DatasetSpec:
     items, labels = [], []
     groups: list[str] = []
     for k, folder in enumerate(classes):
-        for item, group in _collect(folder, media_options, ignored):
+        for item, group in collect_items(folder, media_options, ignored):
             items.append(item)
             labels.append(k)
             groups.append(group)
@@ -470,7 +534,7 @@ def _split_folder_spec(root: Path, splits: dict[str, Path], media_options: Any) 
             continue
         ignored.extend(_loose_files(splits[split]))
         for folder in _subdirs(splits[split]):
-            for item, group in _collect(folder, media_options, ignored):
+            for item, group in collect_items(folder, media_options, ignored):
                 items.append(item)
                 labels.append(index[folder.name])
                 split_of.append(split)
@@ -512,7 +576,7 @@ def _imagenet_spec(root: Path, splits: dict[str, Path], labels_file: Any) -> Dat
     ignored: list[tuple[str, str]] = []
     items, labels, split_of = [], [], []
     for folder in _subdirs(splits["train"]):
-        for item, _ in _collect(folder, None, ignored):
+        for item, _ in collect_items(folder, None, ignored):
             items.append(item)
             labels.append(index[folder.name])
             split_of.append("train")
@@ -613,7 +677,7 @@ def _manifest_spec(path: Path, media_options: Any) -> DatasetSpec:
         group = (row.get(group_col) or "").strip() if group_col else ""
         pairs = [(str(full), group)]
         if _kind(full.name, _media_extensions()) == "media":
-            pairs = [(i, group or g) for i, g in _expand_media(full, media_options, ignored)]
+            pairs = [(i, group or g) for i, g in expand_media(full, media_options, ignored)]
         for item, g in pairs:
             items.append(item)
             labels.append(index[raw_labels[n - 2]])
@@ -1033,6 +1097,8 @@ def _py_decoder(skipped: SkipLog):
             return _decode.decode_image(item), True
         except _decode.UnreadableImage as exc:
             skipped.add(item, exc.reason)
+        except MissingExtraError as exc:  # raising inside tf.data would bury the pip command
+            skipped.add(item, str(exc))
         except Exception as exc:  # never let one odd file kill an epoch; report it instead
             skipped.add(item, f"unexpected decode error ({_decode._short(exc)})")
         return np.zeros((1, 1, 3), np.uint8), False
@@ -1340,7 +1406,9 @@ def scan(
     counts: dict[str, dict[str, int]] = {}
     for s in spec.split_names():
         counts[s or "all"] = {name: 0 for name in spec.class_names}
-    unreadable, widths, heights, formats = [], [], [], Counter()
+    # Broken clips/volumes never became items: they were set aside by load_spec.
+    broken_media = [(p, r) for p, r in spec.ignored if r.startswith(UNREADABLE_MEDIA)]
+    unreadable, widths, heights, formats = list(broken_media), [], [], Counter()
     by_hash: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for item, label, split, (fmt, w, h, digest, reason) in zip(
         spec.items, spec.labels, spec.splits, results, strict=True
@@ -1369,7 +1437,7 @@ def scan(
         class_names=spec.class_names,
         counts=counts,
         unreadable=unreadable,
-        ignored=list(spec.ignored),
+        ignored=[(p, r) for p, r in spec.ignored if not r.startswith(UNREADABLE_MEDIA)],
         sizes=_size_stats(widths, heights),
         formats=dict(formats),
         duplicates_across_splits=across,

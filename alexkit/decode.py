@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from alexkit.errors import DataError
+from alexkit.errors import DataError, MissingExtraError
 
 # Pillow's own default: 89.5 Mpx (~ a 1024 MiB RGBA image). Override with $ALEXKIT_MAX_PIXELS.
 DEFAULT_MAX_PIXELS = 89_478_485
@@ -335,12 +335,16 @@ def to_rgb(img) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(img.convert("RGB")))
 
 
-def decode_image(path_or_item: str | os.PathLike, *, limit: int | None = None) -> np.ndarray:
+def decode_image(
+    path_or_item: str | os.PathLike, *, limit: int | None = None, media_options: object = None
+) -> np.ndarray:
     """Decode one image (or media item) to RGB uint8 (H, W, 3).
 
     Args:
         path_or_item: a file path, or ``path#member`` for a video frame / volume slice.
         limit: pixel limit for the decompression-bomb guard (default :func:`max_pixels`).
+        media_options: ``alexkit.media.MediaOptions`` for media items (windows set at
+            expand time travel in the item, so None decodes them the same).
 
     Returns:
         The pixels; grayscale is replicated to 3 channels, EXIF orientation applied,
@@ -348,13 +352,14 @@ def decode_image(path_or_item: str | os.PathLike, *, limit: int | None = None) -
 
     Raises:
         UnreadableImage: with a short reason (empty, truncated, not an image, too large...).
+        MissingExtraError: a media item whose reader (PyAV, pydicom, nibabel) is not installed.
     """
     item = os.fspath(path_or_item)
     info = sniff(item, limit)
     if not info.ok:
         raise UnreadableImage(info.reason, item)
     if info.format == "MEDIA":
-        return _decode_media(item)
+        return _decode_media(item, media_options)
     if info.route == ROUTE_PNG16:
         return _decode_png16(item)
     from PIL import Image, ImageOps
@@ -391,14 +396,17 @@ def _decode_png16(path: str) -> np.ndarray:
     return scale_16bit(data)
 
 
-def _decode_media(item: str) -> np.ndarray:
+def _decode_media(item: str, options: object = None) -> np.ndarray:
     media = media_module()
     if media is None:
         raise UnreadableImage("media item but alexkit.media is not available", item)
     try:
-        arr = media.decode_member(item, None)
+        arr = media.decode_member(item, options)
+    except MissingExtraError:
+        raise  # not this file's fault: the one-line message names the pip command
     except DataError as exc:
-        raise UnreadableImage(_short(exc), item) from None
+        # The reader's own reason, whole: it may name a missing decoder's pip command.
+        raise UnreadableImage(getattr(exc, "reason", None) or _short(exc), item) from None
     except Exception as exc:  # media decoders (av, pydicom, nibabel) raise many kinds
         raise UnreadableImage(f"cannot decode media ({_short(exc)})", item) from None
     arr = np.asarray(arr)

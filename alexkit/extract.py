@@ -10,6 +10,11 @@ File shapes (one row per image):
 * CSV / Parquet: ``path``, ``label`` (class name; empty when unknown), ``f0`` … ``f{D-1}``.
 * NPY: a float32 ``(N, D)`` array in ``FILE``; ``path`` and ``label`` rows in the
   sidecar ``FILE`` with ``.index.csv`` replacing ``.npy`` (same row order).
+
+Video frames and volume slices (items ``clip.mp4#frame=12,t=0.480``): ``path`` is the
+clip/volume and ``frame`` (frame or slice index) and ``time`` (seconds; empty for
+slices) follow ``label``. With ``pool_frames="mean"|"max"`` each clip/volume is one row
+instead (``path``, ``label``, ``frames`` pooled, features).
 """
 
 from __future__ import annotations
@@ -73,8 +78,10 @@ class FeatureWriter:
     target; on an exception it is removed and the target is left untouched.
     """
 
-    def __init__(self, target: str | os.PathLike):
+    def __init__(self, target: str | os.PathLike, meta_columns: Sequence[str] = ()):
         self.target = Path(target)
+        # Extra per-row columns between label and the features (e.g. frame, time).
+        self.meta_columns = tuple(meta_columns)
         self.target.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = self.target.with_name(f".{self.target.name}.{os.getpid()}.tmp")
         self.rows = 0
@@ -92,12 +99,23 @@ class FeatureWriter:
             else:
                 self._discard()
 
-    def write(self, paths: Sequence[str], labels: Sequence[str], features: np.ndarray) -> None:
-        """Append one batch; ``features`` is (B, D)."""
+    def write(
+        self,
+        paths: Sequence[str],
+        labels: Sequence[str],
+        features: np.ndarray,
+        meta: Sequence[Sequence[Any]] | None = None,
+    ) -> None:
+        """Append one batch; ``features`` is (B, D); ``meta`` one tuple per row
+        (values of ``meta_columns``; None for an empty cell)."""
         features = np.asarray(features, dtype=np.float32).reshape(len(paths), -1)
         if self.dim is None:
             self.dim = int(features.shape[1])
             self._open(self.dim)
+        rows = [tuple(m) for m in meta] if meta is not None else [()] * len(paths)
+        if self.meta_columns and any(len(r) != len(self.meta_columns) for r in rows):
+            raise UsageError(f"each row needs values for {list(self.meta_columns)}")
+        self._meta = rows
         self._write(list(paths), list(labels), features)
         self.rows += len(paths)
 
@@ -131,20 +149,37 @@ def feature_columns(dim: int) -> list[str]:
     return [f"f{i}" for i in range(dim)]
 
 
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.10g}"
+    return str(value)
+
+
+def _meta_prefix(meta: tuple[Any, ...]) -> str:
+    return "".join(_cell(v) + "," for v in meta)
+
+
+# Types of the per-row columns alexkit writes (Parquet schema).
+_META_TYPES = {"frame": "int64", "time": "float64", "frames": "int64"}
+
+
 class CSVWriter(FeatureWriter):
     """CSV with header ``path,label,f0..``; floats in shortest round-trip form."""
 
     def _open(self, dim: int) -> None:
         self._fh = open(self.tmp, "w", newline="", encoding="utf-8")  # noqa: SIM115
-        csv.writer(self._fh, lineterminator="\n").writerow(["path", "label", *feature_columns(dim)])
+        header = ["path", "label", *self.meta_columns, *feature_columns(dim)]
+        csv.writer(self._fh, lineterminator="\n").writerow(header)
 
     def _write(self, paths: list[str], labels: list[str], features: np.ndarray) -> None:
         # Formatting floats dominates CSV cost; one %-format per row is the fastest
         # pure-Python way (what np.savetxt does), ~0.6 ms per fc7 row.
         row_fmt = ",".join(["%.7g"] * features.shape[1])
         lines = [
-            f"{_csv_field(p)},{_csv_field(lbl)}," + row_fmt % tuple(row)
-            for p, lbl, row in zip(paths, labels, features.tolist(), strict=True)
+            f"{_csv_field(p)},{_csv_field(lbl)}," + _meta_prefix(m) + row_fmt % tuple(row)
+            for p, lbl, m, row in zip(paths, labels, self._meta, features.tolist(), strict=True)
         ]
         self._fh.write("\n".join(lines) + "\n")
 
@@ -165,6 +200,9 @@ class ParquetWriter(FeatureWriter):
             raise MissingExtraError("--format parquet", "parquet", "pyarrow") from exc
         self._pa = pa
         fields = [pa.field("path", pa.string()), pa.field("label", pa.string())]
+        fields += [
+            pa.field(c, pa.type_for_alias(_META_TYPES.get(c, "string"))) for c in self.meta_columns
+        ]
         fields += [pa.field(c, pa.float32()) for c in feature_columns(dim)]
         self._schema = pa.schema(fields)
         self._pq = pq.ParquetWriter(self.tmp, self._schema)
@@ -172,6 +210,12 @@ class ParquetWriter(FeatureWriter):
     def _write(self, paths: list[str], labels: list[str], features: np.ndarray) -> None:
         pa = self._pa
         arrays = [pa.array(paths, pa.string()), pa.array(labels, pa.string())]
+        for j, name in enumerate(self.meta_columns):
+            arrays.append(
+                pa.array(
+                    [m[j] for m in self._meta], pa.type_for_alias(_META_TYPES.get(name, "string"))
+                )
+            )
         arrays += [pa.array(features[:, j]) for j in range(features.shape[1])]
         self._pq.write_table(pa.Table.from_arrays(arrays, schema=self._schema))
 
@@ -190,8 +234,8 @@ class NPYWriter(FeatureWriter):
 
     HEADER_BYTES = 128  # magic(6) + version(2) + len(2) + dict padded; a multiple of 64
 
-    def __init__(self, target: str | os.PathLike):
-        super().__init__(target)
+    def __init__(self, target: str | os.PathLike, meta_columns: Sequence[str] = ()):
+        super().__init__(target, meta_columns)
         self.index_target = index_path(self.target)
         self.index_tmp = self.index_target.with_name(f".{self.index_target.name}.tmp")
 
@@ -209,11 +253,14 @@ class NPYWriter(FeatureWriter):
         self._fh.write(self._header(0, dim))
         self._index = open(self.index_tmp, "w", newline="", encoding="utf-8")  # noqa: SIM115
         self._csv = csv.writer(self._index, lineterminator="\n")
-        self._csv.writerow(["path", "label"])
+        self._csv.writerow(["path", "label", *self.meta_columns])
 
     def _write(self, paths: list[str], labels: list[str], features: np.ndarray) -> None:
         self._fh.write(np.ascontiguousarray(features, dtype="<f4").tobytes())
-        self._csv.writerows(zip(paths, labels, strict=True))
+        self._csv.writerows(
+            [p, lbl, *(_cell(v) for v in m)]
+            for p, lbl, m in zip(paths, labels, self._meta, strict=True)
+        )
 
     def _close(self) -> None:
         if getattr(self, "_fh", None) is not None:
@@ -272,7 +319,8 @@ def read_features(path: str | os.PathLike) -> tuple[list[str], list[str], np.nda
     import pandas as pd
 
     df = pd.read_parquet(path) if fmt == "parquet" else pd.read_csv(path, keep_default_na=False)
-    x = df.drop(columns=["path", "label"]).to_numpy(dtype=np.float32)
+    meta = [c for c in df.columns if c in ("path", "label", *_META_TYPES)]
+    x = df.drop(columns=meta).to_numpy(dtype=np.float32)
     return df["path"].astype(str).tolist(), df["label"].astype(str).tolist(), x
 
 
@@ -291,10 +339,15 @@ class ExtractResult:
     seconds: float
     skipped: list[tuple[str, str]]
     index_path: Path | None = None
+    images: int = 0
+    pool_frames: str | None = None
+
+    def __post_init__(self) -> None:
+        self.images = self.images or self.rows
 
     @property
     def images_per_second(self) -> float:
-        return self.rows / self.seconds if self.seconds > 0 else 0.0
+        return self.images / self.seconds if self.seconds > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -303,6 +356,8 @@ class ExtractResult:
             "layer": self.layer,
             "rows": self.rows,
             "dim": self.dim,
+            "images": self.images,
+            "pool_frames": self.pool_frames,
             "seconds": round(self.seconds, 3),
             "images_per_second": round(self.images_per_second, 2),
             "index": None if self.index_path is None else str(self.index_path),
@@ -358,6 +413,7 @@ def extract_features(
     grayscale: bool = False,
     skipped: Any = None,
     progress: Callable[[int, int], None] | None = None,
+    pool_frames: str | None = None,
 ) -> ExtractResult:
     """Extract ``layer`` activations for every image of ``spec`` into ``out``.
 
@@ -373,6 +429,9 @@ def extract_features(
         grayscale: replicate a single decoded channel to RGB (as in training).
         skipped: a ``data.SkipLog`` collecting unreadable images (created when None).
         progress: called as ``progress(done, total)`` after every batch.
+        pool_frames: ``"mean"`` or ``"max"``: one row per clip/volume, pooling its
+            frames'/slices' features (``alexkit.media.pool_frames``); None: one row per
+            item, with ``frame``/``time`` columns when the items are media members.
 
     Returns:
         An ``ExtractResult`` (rows, dim, timing, skipped images).
@@ -380,6 +439,8 @@ def extract_features(
     from alexkit import data as data_mod
 
     fmt = resolve_format(out, fmt)
+    if pool_frames is not None and pool_frames not in ("mean", "max"):
+        raise UsageError(f"--pool-frames must be 'mean' or 'max'; received {pool_frames!r}.")
     if batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1; received {batch_size}.")
     extractor = build_extractor(model, layer, pool)
@@ -389,8 +450,15 @@ def extract_features(
         skipped = data_mod.SkipLog()
     names = list(spec.class_names)
     total = len(spec)
+    members = _has_members(spec.items)
+    if pool_frames is not None:
+        columns: tuple[str, ...] = ("frames",)
+    else:
+        columns = ("frame", "time") if members else ()
     start = time.perf_counter()
-    with WRITERS[fmt](out) as writer:
+    images = 0
+    with WRITERS[fmt](out, columns) as writer:
+        pooler = _SourcePooler(writer, pool_frames) if pool_frames is not None else None
         for items, labels, feats in iter_features(
             extractor,
             spec,
@@ -400,9 +468,18 @@ def extract_features(
             skipped=skipped,
         ):
             label_names = [names[i] if 0 <= i < len(names) else "" for i in labels.tolist()]
-            writer.write(items, label_names, feats)
+            images += len(items)
+            if pooler is not None:
+                pooler.add(items, label_names, feats)
+            elif members:
+                sources, meta = _frame_columns(items)
+                writer.write(sources, label_names, feats, meta)
+            else:
+                writer.write(items, label_names, feats)
             if progress is not None:
-                progress(writer.rows, total)
+                progress(images, total)
+        if pooler is not None:
+            pooler.flush()
     seconds = time.perf_counter() - start
     entries = [(str(p), str(r)) for p, r in (getattr(skipped, "entries", None) or [])]
     return ExtractResult(
@@ -414,7 +491,65 @@ def extract_features(
         seconds=seconds,
         skipped=entries,
         index_path=index_path(out) if fmt == "npy" else None,
+        images=images,
+        pool_frames=pool_frames,
     )
+
+
+def _has_members(items: Sequence[str]) -> bool:
+    """True when any item is a video frame / volume slice (``path#frame=..``)."""
+    from alexkit.media import parse_item
+
+    return any(parse_item(str(i))[1] for i in items)
+
+
+def _frame_columns(items: Sequence[str]) -> tuple[list[str], list[tuple[Any, Any]]]:
+    """Source paths and (frame, time) per item; a slice index fills ``frame``."""
+    from alexkit.media import parse_item
+
+    sources, meta = [], []
+    for item in items:
+        source, fields = parse_item(item)
+        index = fields.get("frame", fields.get("slice"))
+        sources.append(source)
+        meta.append((None if index is None else int(index), fields.get("t")))
+    return sources, meta
+
+
+class _SourcePooler:
+    """Pools the rows of one clip/volume at a time (items of a source arrive together).
+
+    Memory is one source's rows; a source that reappears later (a manifest listing
+    the same clip twice) gets a second row.
+    """
+
+    def __init__(self, writer: FeatureWriter, how: str):
+        self.writer = writer
+        self.how = how
+        self.source: str | None = None
+        self.label = ""
+        self.rows: list[np.ndarray] = []
+        self.items: list[str] = []
+
+    def add(self, items: Sequence[str], labels: Sequence[str], feats: np.ndarray) -> None:
+        from alexkit.media import parse_item
+
+        for item, label, row in zip(items, labels, feats, strict=True):
+            source = parse_item(item)[0]
+            if source != self.source:
+                self.flush()
+                self.source, self.label = source, label
+            self.items.append(item)
+            self.rows.append(row)
+
+    def flush(self) -> None:
+        from alexkit.media import pool_frames
+
+        if not self.rows:
+            return
+        keys, pooled = pool_frames(np.stack(self.rows), self.items, self.how)
+        self.writer.write(keys, [self.label], pooled, [(len(self.rows),)])
+        self.rows, self.items = [], []
 
 
 def extract_arrays(

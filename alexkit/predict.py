@@ -28,32 +28,57 @@ def _suffix(path: Path) -> str:
     return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
 
 
-def collect_images(inputs: Sequence[str | os.PathLike]) -> list[str]:
-    """Expand files and folders (recursively, sorted) into image paths.
+def collect_images(
+    inputs: Sequence[str | os.PathLike],
+    media_options: Any = None,
+    skipped: list[tuple[str, str]] | None = None,
+) -> list[str]:
+    """Expand files and folders (recursively, sorted) into image paths and media items.
+
+    Clips, DICOM files, NIfTI volumes and DICOM series folders become one item per
+    sampled frame / slice (``alexkit.media.expand`` with ``media_options``).
+
+    Args:
+        inputs: image/media files, folders, or ``path#member`` items.
+        media_options: ``alexkit.media.MediaOptions`` (default sampling when None).
+        skipped: collects ``(path, reason)`` for clips/volumes that cannot be read.
 
     Raises:
         DataError: an input does not exist, or nothing usable was found.
+        MissingExtraError: media inputs without the extra that reads them.
     """
-    allowed = IMAGE_EXTENSIONS | _media_extensions()
+    from alexkit.data import UNREADABLE_MEDIA, collect_items, expand_media, is_series_folder
+
+    def expand(path: Path) -> list[str]:
+        return [item for item, _group in expand_media(path, media_options, broken)]
+
+    media = _media_extensions()
     found: list[str] = []
+    broken: list[tuple[str, str]] = []
     for raw in inputs:
         path = Path(raw)
-        if "#" in str(raw) and not path.exists():  # a media member: video.mp4#12
+        if "#" in str(raw) and not path.exists():  # a media member: video.mp4#frame=12
             found.append(str(raw))
+        elif path.is_dir() and media and is_series_folder(path):
+            found.extend(expand(path))  # a DICOM series given itself: one volume
         elif path.is_dir():
-            found.extend(
-                str(p)
-                for p in sorted(path.rglob("*"))
-                if p.is_file() and _suffix(p) in allowed and not p.name.startswith(".")
-            )
+            ignored: list[tuple[str, str]] = []
+            pairs = collect_items(path, media_options, ignored)
+            broken.extend((p, r) for p, r in ignored if r.startswith(UNREADABLE_MEDIA))
+            found.extend(item for item, _group in pairs)
+        elif path.is_file() and _suffix(path) in media:
+            found.extend(expand(path))
         elif path.is_file():
             found.append(str(path))
         else:
             raise DataError(f"{raw} does not exist: pass image files or folders of images.")
+    if skipped is not None:
+        skipped.extend(broken)
     if not found:
+        why = f"; unreadable: {broken[0][0]}: {broken[0][1]}" if broken else ""
         raise DataError(
             f"no images found in {', '.join(map(str, inputs))} "
-            f"(looked for {', '.join(sorted(IMAGE_EXTENSIONS))})."
+            f"(looked for {', '.join(sorted(IMAGE_EXTENSIONS | media))}){why}."
         )
     return found
 
@@ -82,27 +107,52 @@ class Predictions:
     class_names: list[str]
     skipped: list[tuple[str, str]]
 
-    def top(self, k: int = 5) -> list[list[tuple[str, float]]]:
-        """The ``k`` most probable (class, probability) per image."""
+    def top(self, k: int = 5, probs: np.ndarray | None = None) -> list[list[tuple[str, float]]]:
+        """The ``k`` most probable (class, probability) per image (or per row of ``probs``)."""
+        probs = self.probs if probs is None else probs
         k = min(k, len(self.class_names))
-        order = np.argsort(-self.probs, axis=1, kind="stable")[:, :k]
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
         return [
-            [(self.class_names[j], float(self.probs[i, j])) for j in row]
-            for i, row in enumerate(order)
+            [(self.class_names[j], float(probs[i, j])) for j in row] for i, row in enumerate(order)
         ]
 
-    def to_records(self, k: int = 5) -> list[dict[str, Any]]:
-        """JSON-able rows: path, predicted class, its probability, top-k list."""
+    def by_source(self) -> tuple[list[str], np.ndarray, list[int]]:
+        """Probabilities averaged per clip / volume (``alexkit.media.aggregate``).
+
+        Returns:
+            (source paths in input order, (S, C) mean probabilities, items per source);
+            a plain image is its own source.
+        """
+        from alexkit.media import aggregate, parse_item
+
+        sources, probs = aggregate(self.items, self.probs, by="source")
+        counts: dict[str, int] = {}
+        for item in self.items:
+            key = parse_item(item)[0]
+            counts[key] = counts.get(key, 0) + 1
+        return sources, probs, [counts[s] for s in sources]
+
+    def to_records(self, k: int = 5, per_frame: bool = False) -> list[dict[str, Any]]:
+        """JSON-able rows: path, predicted class, its probability, top-k list.
+
+        One row per image and per clip/volume (mean of its frames'/slices'
+        probabilities, with ``frames``: how many); ``per_frame`` gives a row per item.
+        """
+        if per_frame:
+            paths, probs, counts = list(self.items), self.probs, [1] * len(self.items)
+        else:
+            paths, probs, counts = self.by_source()
         rows = []
-        for item, top in zip(self.items, self.top(k), strict=True):
-            rows.append(
-                {
-                    "path": item,
-                    "predicted": top[0][0],
-                    "probability": top[0][1],
-                    "top_k": [{"class": c, "probability": p} for c, p in top],
-                }
-            )
+        for path, top, n in zip(paths, self.top(k, probs), counts, strict=True):
+            row = {
+                "path": path,
+                "predicted": top[0][0],
+                "probability": top[0][1],
+                "top_k": [{"class": c, "probability": p} for c, p in top],
+            }
+            if n > 1:
+                row["frames"] = n
+            rows.append(row)
         return rows
 
 
@@ -116,6 +166,7 @@ def predict_images(
     grayscale: bool = False,
     skipped: Any = None,
     progress: Callable[[int, int], None] | None = None,
+    media_options: Any = None,
 ) -> Predictions:
     """Run a classifier over image files/folders with the evaluation preprocessing.
 
@@ -128,6 +179,8 @@ def predict_images(
         grayscale: decode as grayscale replicated to RGB (as the model was trained).
         skipped: a ``data.SkipLog`` for unreadable images.
         progress: ``progress(done, total)`` after each batch.
+        media_options: how clips/volumes expand into frames/slices (a run's
+            ``[media]`` recipe settings; see ``evaluate.media_options_from_config``).
 
     Returns:
         ``Predictions`` (probabilities (N, C) in input order).
@@ -140,10 +193,13 @@ def predict_images(
     names = [str(c) for c in class_names]
     if len(names) != int(model.output_shape[-1]):
         raise UsageError(f"{len(names)} class names for a model with {model.output_shape[-1]}.")
-    items = collect_images(inputs)
-    spec = make_spec(items, names)
     if skipped is None and hasattr(data_mod, "SkipLog"):
         skipped = data_mod.SkipLog()
+    broken: list[tuple[str, str]] = []
+    items = collect_images(inputs, media_options, broken)
+    for path, reason in broken:
+        skipped.add(path, reason)
+    spec = make_spec(items, names)
     dataset = data_mod.make_dataset(
         spec,
         training=False,

@@ -33,10 +33,15 @@ def check(
     strict: bool = typer.Option(
         False, "--strict", help="Exit 3 when any file is unreadable or duplicated across splits."
     ),
+    frames_per_clip: int | None = typer.Option(
+        None, "--frames-per-clip", help="Video: frames sampled per clip (default 8)."
+    ),
 ) -> None:
     """Count classes and splits, list unreadable files and cross-split duplicates.
 
     Every image is read once (JPEGs decoded at 1/8 scale, which still parses all data).
+    Clips, DICOM and NIfTI volumes count their sampled frames/slices; broken ones are
+    listed as unreadable with the reason.
     The --json output is stable for scripts: 'classes' (name → readable images),
     'unreadable' (list of {path, reason}), 'splits', 'counts' (split → class → n),
     'sizes', 'duplicates_across_splits', 'imbalance', 'warnings'.
@@ -46,7 +51,12 @@ def check(
     from alexkit import data
     from alexkit.errors import DataError
 
-    spec = data.load_spec(path, val_fraction=0.0, labels_file=labels_file)
+    options = None
+    if frames_per_clip is not None:
+        from alexkit.media import MediaOptions
+
+        options = MediaOptions(frames_per_clip=frames_per_clip)
+    spec = data.load_spec(path, val_fraction=0.0, labels_file=labels_file, media_options=options)
     if not json_out:
         err_console().print(f"checking {len(spec)} item(s) in {spec.root} ...")
     report = data.scan(spec)

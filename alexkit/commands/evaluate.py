@@ -103,6 +103,14 @@ def _show_report(report: Any, out: Path | None, json_output: bool) -> None:
     from alexkit.report import render_tables, write_report
 
     written = write_report(report, out) if out is not None else {}
+    group = getattr(report, "group_eval", None)
+    if out is not None and group is not None:
+        from alexkit.paths import atomic_write_text
+        from alexkit.report import predictions_csv
+
+        # One row per clip/volume: its frames'/slices' mean probabilities.
+        atomic_write_text(out / "group_predictions.csv", predictions_csv(group))
+        written["group_predictions.csv"] = out / "group_predictions.csv"
     _warn_skipped(report.meta.get("skipped", []))
     if json_output:
         data = report.to_dict()
@@ -113,8 +121,31 @@ def _show_report(report: Any, out: Path | None, json_output: bool) -> None:
     console = out_console()
     for table in render_tables(report):
         console.print(table)
+    if report.groups:
+        console.print(_group_table(report.groups, report.num_samples))
     if written:
         console.print(f"wrote {len(written)} files to {out}: {', '.join(written)}")
+
+
+def _group_table(groups: dict[str, Any], num_items: int) -> Any:
+    """Frame/slice-level next to clip/volume-level numbers, side by side."""
+    from rich.table import Table
+
+    level = groups.get("level", "file")
+    table = Table(title=f"Per {level} (mean probability of its frames/slices)")
+    table.add_column("metric", style="bold")
+    table.add_column(f"per {level}", justify="right")
+    table.add_row(f"{level}s", str(groups["num_groups"]))
+    table.add_row("items (frames/slices)", str(num_items))
+    table.add_row("accuracy", f"{groups['accuracy']:.4f}")
+    table.add_row("macro F1", f"{groups['macro_avg']['f1']:.4f}")
+    binary = groups.get("binary")
+    if binary:
+        for key, label in (("roc_auc", "ROC AUC"), ("sensitivity", "sensitivity")):
+            value = binary.get(key)
+            table.add_row(label, "n/a" if value is None else f"{value:.4f}")
+        table.add_row("specificity", f"{binary['specificity']:.4f}")
+    return table
 
 
 # --------------------------------------------------------------------------- commands
@@ -193,19 +224,30 @@ def extract(
     fmt: str | None = typer.Option(None, "--format", "-f", help="csv, parquet or npy."),
     pool: str = typer.Option("none", "--pool", help="avg: average conv maps; none: flatten."),
     batch_size: int = typer.Option(32, "--batch-size", "-b", help="Images per forward pass."),
+    pool_frames: str | None = typer.Option(
+        None, "--pool-frames", help="mean or max: one row per clip/volume instead of per frame."
+    ),
     json_output: bool = typer.Option(False, "--json", help="Print a JSON summary only."),
 ) -> None:
     """Write one row of features per image: path, label, then the layer's activations.
 
     Streams in batches (bounded memory); unreadable images are listed, not fatal.
+    Video frames / volume slices add frame and time columns; --pool-frames mean
+    writes one row per clip or volume. Clips and volumes are sampled with the run's
+    recipe [media] settings.
     Example: [bold]alexkit extract --weights imagenet --data photos/ --out fc7.parquet[/]
     """
-    from alexkit.evaluate import load_eval_spec, model_image_size
+    from alexkit.errors import UsageError
+    from alexkit.evaluate import load_eval_spec, media_options_from_config, model_image_size
     from alexkit.extract import extract_features, resolve_format
 
     resolve_format(out, fmt)  # fail on a bad name before loading anything
+    if pool_frames is not None and pool_frames not in ("mean", "max"):
+        raise UsageError(f"--pool-frames must be 'mean' or 'max'; received {pool_frames!r}.")
     net, names, config = _load_source(model, weights, variant)
-    spec = load_eval_spec(str(data), prefer_splits=())  # every image, never re-split
+    spec = load_eval_spec(  # every image, never re-split
+        str(data), prefer_splits=(), media_options=media_options_from_config(config)
+    )
     with progress_bar(f"extracting {layer}") as update:
         result = extract_features(
             net,
@@ -218,14 +260,16 @@ def extract(
             image_size=model_image_size(net, config),
             grayscale=bool(config.get("grayscale", False)),
             progress=update,
+            pool_frames=pool_frames,
         )
     _warn_skipped(result.skipped)
     if json_output:
         print_json(result.to_dict())
         return
     extra = f" (+ {result.index_path})" if result.index_path else ""
+    pooled = f" ({pool_frames} of {result.images} frames/slices)" if pool_frames else ""
     out_console().print(
-        f"wrote {result.rows} × {result.dim} {layer} features to {result.path}{extra} "
+        f"wrote {result.rows} × {result.dim} {layer} features to {result.path}{extra}{pooled} "
         f"at {result.images_per_second:.1f} img/s; {len(result.skipped)} skipped"
     )
 
@@ -238,9 +282,14 @@ def predict(
     batch_size: int = typer.Option(32, "--batch-size", "-b", help="Images per forward pass."),
     json_output: bool = typer.Option(False, "--json", help="Print JSON only."),
     csv_output: bool = typer.Option(False, "--csv", help="Print CSV: path, class, probability."),
+    per_frame: bool = typer.Option(
+        False, "--per-frame", help="Clips/volumes: a row per frame/slice, not one per source."
+    ),
 ) -> None:
     """Class names and probabilities for each image.
 
+    A clip or volume gets one row: its frames'/slices' probabilities averaged
+    (sampled with the run's recipe [media] settings); --per-frame lists every frame.
     Example: [bold]alexkit predict runs/plants leaf1.jpg leaves/ --top-k 3[/]
     """
     from alexkit.errors import UsageError
@@ -249,7 +298,7 @@ def predict(
         raise UsageError("choose one of --json and --csv.")
     if top_k < 1:
         raise UsageError(f"--top-k must be >= 1; received {top_k}.")
-    from alexkit.evaluate import load_trained, model_image_size
+    from alexkit.evaluate import load_trained, media_options_from_config, model_image_size
     from alexkit.predict import predict_images
 
     net, names, config = load_trained(model)
@@ -262,9 +311,10 @@ def predict(
             image_size=model_image_size(net, config),
             grayscale=bool(config.get("grayscale", False)),
             progress=update,
+            media_options=media_options_from_config(config),
         )
     _warn_skipped(result.skipped)
-    records = result.to_records(top_k)
+    records = result.to_records(top_k, per_frame=per_frame)
     if json_output:
         print_json(
             {
@@ -290,9 +340,13 @@ def predict(
     table.add_column("predicted", style="bold")
     table.add_column("probability", justify="right")
     table.add_column("others")
+    pooled = any("frames" in rec for rec in records)
+    if pooled:
+        table.add_column("frames", justify="right")
     for rec in records:
         others = ", ".join(f"{e['class']} {e['probability']:.1%}" for e in rec["top_k"][1:])
-        table.add_row(rec["path"], rec["predicted"], f"{rec['probability']:.1%}", others)
+        cells = [rec["path"], rec["predicted"], f"{rec['probability']:.1%}", others]
+        table.add_row(*cells, *([str(rec.get("frames", 1))] if pooled else []))
     out_console().print(table)
 
 
