@@ -45,7 +45,7 @@ def _register_layers_if_keras_is_loaded() -> None:
     import sys
 
     if "keras" in sys.modules:
-        from alexkit import layers  # noqa: F401
+        from alexkit import layers, optim  # noqa: F401
 
 
 _register_layers_if_keras_is_loaded()

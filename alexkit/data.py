@@ -56,6 +56,8 @@ SPLIT_ALIASES = {
     "test": "test",
     "testing": "test",
 }
+# Fewer validation images than this in a class and finetune re-splits (Kermany's 8 + 8).
+MIN_VAL_PER_CLASS = 5
 SPLITS = ("train", "val", "test")
 CLASS_MAP_FILE = "class_names.json"
 _IGNORED_NAMES = {
@@ -1492,10 +1494,11 @@ def _add_warnings(report: ScanReport, ratio_limit: float) -> None:
         if missing and split != "all":
             report.warnings.append(f"split {split!r} has no images of {_list(missing)}.")
     val = report.counts.get("val")
-    if val and 0 < min(val.values()) < 10:
+    if val and 0 < min(val.values()) < 10:  # noisy, though finetune only re-splits below 5
         report.warnings.append(
             f"val split has only {min(val.values())} image(s) in a class: metrics will be "
-            "noisy; consider re-splitting (resplit_val / --resplit-val)."
+            "noisy; `alexkit finetune` re-splits a stratified val from train when a class "
+            f"has fewer than {MIN_VAL_PER_CLASS} (Python: load_spec(..., resplit_val=True))."
         )
     if report.unreadable:
         report.warnings.append(f"{len(report.unreadable)} unreadable file(s) will be skipped.")

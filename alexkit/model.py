@@ -253,6 +253,8 @@ def load_model(path: str) -> keras.Model:
     Returns:
         The model, taking raw RGB pixels in [0, 255].
     """
+    import alexkit.optim  # noqa: F401  (registers PaperSGD, saved with compiled models)
+
     return keras.saving.load_model(path, safe_mode=True)
 
 

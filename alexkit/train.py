@@ -358,6 +358,27 @@ def _load_specs(
             val_spec = val_spec.subset("val")
         return train, val_spec
     splits = set(spec.splits)
+    if "val" in splits and val_fraction > 0:
+        val_counts = spec.counts("val")
+        if min(val_counts.values()) < data_mod.MIN_VAL_PER_CLASS:
+            # A token val split (Kermany's chest X-rays ship 8 + 8) makes every metric
+            # noise: merge it into train and carve a stratified, seeded one instead.
+            log.warning(
+                "%s: the val split has only %d image(s) in a class; re-splitting %.0f%% of "
+                "train+val as validation.",
+                data,
+                min(val_counts.values()),
+                100 * val_fraction,
+            )
+            spec = data_mod.load_spec(
+                str(data),
+                class_names=None if class_names is None else list(class_names),
+                seed=seed,
+                val_fraction=val_fraction,
+                resplit_val=True,
+                media_options=media_options,
+            )
+            splits = set(spec.splits)
     train = spec.subset("train") if "train" in splits else spec
     val_spec = spec.subset("val") if "val" in splits else None
     if val_spec is not None and len(val_spec) == 0:

@@ -143,3 +143,24 @@ def test_cli_refuses_an_existing_run_dir_and_missing_weights(tmp_path, class_fol
     for way in ("weights download", "weights import", "pretrain"):
         assert way in result.stderr
     assert not fresh.exists()
+
+
+def test_token_val_split_is_resplit_from_train(tmp_path):
+    """Kermany-style data: val has 2 images a class, so training carves its own."""
+    from conftest import write_class_images
+
+    from alexkit.train import _load_specs
+
+    root = tmp_path / "chest_xray"
+    write_class_images(root / "train", ["NORMAL", "PNEUMONIA"], 20)
+    write_class_images(root / "val", ["NORMAL", "PNEUMONIA"], 2, seed=1)
+    write_class_images(root / "test", ["NORMAL", "PNEUMONIA"], 3, seed=2)
+    train, val = _load_specs(root, None, seed=0, val_fraction=0.2)
+    # 44 train+val images, 20% stratified → 4-5 per class in val; test untouched.
+    assert len(train) + len(val) == 44
+    assert min(val.counts().values()) >= 4
+    assert not set(train.items) & set(val.items)
+    # A val split that is big enough is kept as given.
+    write_class_images(root / "val", ["NORMAL", "PNEUMONIA"], 6, seed=3)
+    train, val = _load_specs(root, None, seed=0, val_fraction=0.2)
+    assert len(val) == 12 and len(train) == 40
