@@ -275,8 +275,9 @@ def replace_head(
     """Return a model with a new ``predictions`` layer of ``num_classes`` units.
 
     Every layer below the head is shared with ``model``, so its weights are
-    bit-identical. Optionally inserts ``head_dropout`` and a ``head_hidden`` ReLU layer
-    (with ``head_hidden_dropout``) before the new classifier.
+    bit-identical. Optionally inserts ``head_dropout`` (replacing a dropout layer that
+    fed the old head, e.g. the original variant's ``drop7``) and a ``head_hidden`` ReLU
+    layer (with ``head_hidden_dropout``) before the new classifier.
 
     Args:
         model: an AlexNet built by :func:`build_alexnet` (with its top).
@@ -299,6 +300,11 @@ def replace_head(
         ) from exc
     x = old_head.input
     if dropout:
+        feeding = next((layer for layer in model.layers if layer.output is x), None)
+        if isinstance(feeding, keras.layers.Dropout):
+            # The recipe's head dropout replaces the model's drop7 rather than stacking
+            # a second one on it (0.5 after 0.5 would drop 75 % of fc7).
+            x = feeding.input
         x = keras.layers.Dropout(dropout, name=f"{HEAD_PREFIX}dropout")(x)
     if hidden_units:
         x = keras.layers.Dense(
@@ -312,7 +318,12 @@ def replace_head(
     outputs = keras.layers.Dense(
         num_classes,
         activation=classifier_activation,
-        kernel_initializer=keras.initializers.GlorotUniform(seed=seed),
+        # Glorot scaled down 10×: fc7 vectors are long (norm ~100-300), and a plain
+        # Glorot classifier starts with logits of several units and a loss near 20,
+        # which the first Adam steps spend undoing. This starts near ln(C).
+        kernel_initializer=keras.initializers.VarianceScaling(
+            scale=0.01, mode="fan_avg", distribution="uniform", seed=seed
+        ),
         name="predictions",
         dtype="float32",
     )(x)

@@ -202,3 +202,15 @@ def test_load_model_and_keras_load_after_import(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == [str(model.count_params())] * 2
+
+
+def test_replace_head_dropout_replaces_drop7_instead_of_stacking(original, torchvision_model):
+    new = replace_head(original, 3, dropout=0.3)
+    names = [layer.name for layer in new.layers]
+    assert "drop7" not in names and names[-2:] == ["head_dropout", "predictions"]
+    assert new.get_layer("head_dropout").rate == 0.3
+    assert new.get_layer("head_dropout").input is original.get_layer("fc7").output
+    kept = replace_head(original, 3)  # no head dropout asked: the model's drop7 stays
+    assert "drop7" in [layer.name for layer in kept.layers]
+    tv = replace_head(torchvision_model, 3, dropout=0.3)  # fc7 feeds the head directly
+    assert [layer.name for layer in tv.layers][-3:] == ["fc7", "head_dropout", "predictions"]
