@@ -289,6 +289,6 @@ def run_demo(
     result = DemoResult(out=out, rows=rows, artefacts=artefacts, quick=quick)
     result.seconds = time.perf_counter() - t0
     summary = out / "summary.json"
-    atomic_write_text(summary, json.dumps(result.to_dict(), indent=2) + "\n")
     result.artefacts["summary"] = summary
+    atomic_write_text(summary, json.dumps(result.to_dict(), indent=2) + "\n")
     return result
