@@ -809,11 +809,22 @@ class _Engine:
             return np.asarray(self.model(x, training=False))
         return np.asarray(self.model.predict_on_batch(x))
 
-    def predict(self, dataset: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Labels and probabilities over a dataset of (images, labels) batches."""
+    def predict(
+        self, dataset: Any, items: list[str] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Labels and probabilities over a dataset of (images, labels[, items]) batches.
+
+        When the batches carry item strings and ``items`` is a list, they are appended
+        to it (for clip/volume-level metrics).
+        """
         labels, probs = [], []
         for batch in dataset:
             x, y = batch[0], batch[1]
+            if items is not None and len(batch) > 2:
+                items.extend(
+                    s.decode("utf-8") if isinstance(s, bytes) else str(s)
+                    for s in np.asarray(batch[2]).tolist()
+                )
             x = np.asarray(x)
             if x.ndim == 5:  # ten-crop: average the softmax over the crops
                 b, k = x.shape[:2]
@@ -926,14 +937,21 @@ def _final_metrics(
             engine.model.set_weights(engine.best_weights)
         else:  # best epoch was before a resume: read it from disk
             engine.model = keras.saving.load_model(run.model_path, compile=False)
-    dataset = make_eval(tta) if make_eval is not None else engine.make_val()
-    y, p = engine.predict(dataset)
+    dataset = make_eval(tta, with_paths=True) if make_eval is not None else engine.make_val()
+    items: list[str] = []
+    y, p = engine.predict(dataset, items)
     if y.size == 0:
         return None
     try:
-        from alexkit.evaluate import compute_report
+        from alexkit.evaluate import compute_report, group_eval, group_report
 
-        metrics = compute_report(y, p, engine.data.class_names).to_dict()
+        report = compute_report(
+            y, p, engine.data.class_names, paths=items if len(items) == len(y) else None
+        )
+        if report.paths is not None and any("#" in item for item in report.paths):
+            # Frames of clips / slices of volumes: also score one row per source.
+            report.groups = group_report(report, group_eval(report))
+        metrics = report.to_dict()
     except ImportError:  # pragma: no cover - evaluate ships with alexkit
         metrics = {}
     metrics.update({"val_" + k: v for k, v in compute_val_metrics(y, p, engine.metrics).items()})
@@ -1051,7 +1069,7 @@ def _make_dataset_fns(
     if plan.val is None:
         return make_train, None, None
 
-    def make_eval(tta: str = "center") -> Any:
+    def make_eval(tta: str = "center", with_paths: bool = False) -> Any:
         return make_dataset(
             plan.val,
             training=False,
@@ -1061,6 +1079,7 @@ def _make_dataset_fns(
             shuffle=False,
             tta=tta,
             grayscale=plan.grayscale,
+            with_paths=with_paths,
         )
 
     return make_train, (lambda: make_eval("center")), make_eval

@@ -106,6 +106,10 @@ def test_finetune_then_evaluate_reports_frame_and_volume_metrics(media_run):
     config = json.loads((run / "config.json").read_text())
     assert config["recipe"]["media"]["frames_per_clip"] == FRAMES
     assert config["class_names"] == list(CLASSES)
+    # The run's own validation metrics are scored per volume as well as per slice.
+    run_metrics = json.loads((run / "metrics.json").read_text())
+    assert run_metrics["groups"]["level"] == "volume"
+    assert run_metrics["groups"]["num_groups"] * SLICES == run_metrics["num_samples"]
 
     out = root / "eval"
     result = CliRunner().invoke(app, ["evaluate", str(run), "--data", str(data), "--out", str(out)])
