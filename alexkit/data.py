@@ -1169,51 +1169,6 @@ def _record_check(data):
     )
 
 
-def _record_check(data):
-    """In-graph check of encoded bytes → reason code (0 = fine)."""
-    import tensorflow as tf
-
-    n = tf.strings.length(data)
-    head = tf.strings.substr(data, 0, 8)
-    is_jpeg = tf.strings.substr(head, 0, 3) == b"\xff\xd8\xff"
-    is_png = head == b"\x89PNG\r\n\x1a\n"
-    is_other = tf.logical_or(
-        tf.strings.substr(head, 0, 3) == b"GIF", tf.strings.substr(head, 0, 2) == b"BM"
-    )
-    tail_len = tf.minimum(n, 4096)
-    tail = tf.io.decode_raw(tf.strings.substr(data, n - tail_len, tail_len), tf.uint8)
-
-    def has_pair(a, b):
-        return tf.reduce_any(tf.logical_and(tf.equal(tail[:-1], a), tf.equal(tail[1:], b)))
-
-    def has_iend():
-        return tf.reduce_any(
-            tf.logical_and(
-                tf.logical_and(tf.equal(tail[:-3], 73), tf.equal(tail[1:-2], 69)),
-                tf.logical_and(tf.equal(tail[2:-1], 78), tf.equal(tail[3:], 68)),
-            )
-        )
-
-    def jpeg_size_code():
-        shape = tf.io.extract_jpeg_shape(data)
-        too_big = tf.cast(shape[0], tf.int64) * tf.cast(shape[1], tf.int64) > _decode.max_pixels()
-        return tf.where(too_big, 5, 0)
-
-    def jpeg_code():
-        # Size only when the end marker is there: a cut header would fail extract_jpeg_shape.
-        return tf.cond(has_pair(255, 217), jpeg_size_code, lambda: tf.constant(3))
-
-    return tf.case(
-        [
-            (n < 8, lambda: tf.constant(1)),
-            (is_jpeg, jpeg_code),
-            (is_png, lambda: tf.where(has_iend(), 0, 4)),
-            (is_other, lambda: tf.constant(0)),
-        ],
-        default=lambda: tf.constant(2),
-    )
-
-
 def record_features():
     """The ImageNet TFRecord keys alexkit reads (others may be present)."""
     import tensorflow as tf
