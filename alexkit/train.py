@@ -43,25 +43,16 @@ from alexkit.errors import (
     UsageError,
     WeightsError,
 )
+from alexkit.recipes import METRICS as _RECIPE_METRICS
 from alexkit.runs import CheckpointManager, RunDir
 
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[dict[str, Any]], None]
 
-#: Metrics a recipe may ask for (validation; ``val_`` prefix in history.csv).
-KNOWN_METRICS = (
-    "loss",
-    "accuracy",
-    "top5",
-    "auc",
-    "pr_auc",
-    "precision",
-    "recall",
-    "sensitivity",
-    "specificity",
-    "f1",
-)
+#: Metrics a recipe may ask for (validation; ``val_`` prefix in history.csv): the
+#: recipe format's own list, so the two can never disagree, plus the loss.
+KNOWN_METRICS = ("loss", *_RECIPE_METRICS)
 OPTIMIZERS = ("paper_sgd", "sgd", "adam")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
