@@ -917,7 +917,17 @@ def make_dataset(
     else:
         ds = ds.map(lambda out, lab, item, ok: (out, lab))
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    ds = ds.prefetch(tf.data.AUTOTUNE)
+    if not training:
+        # Evaluation pipelines run once, fixed work per image: parallelism = the CPU
+        # count (what AUTOTUNE means with autotuning off) is what autotuning settles on.
+        # With autotuning on, dropping the finished iterator waited ~0.1–1.1 s for the
+        # tuning thread when the model kept both cores busy (measured: extract of 256
+        # images 1.47 s or 2.63 s at random; 1.46 s every time without autotuning).
+        options = tf.data.Options()
+        options.autotune.enabled = False
+        ds = ds.with_options(options)
+    return ds
 
 
 def _with_seeds(ds, seed: int):

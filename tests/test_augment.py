@@ -122,3 +122,18 @@ def test_bad_config_is_refused(kwargs):
 
 def test_random_resized_crop_is_normalised_to_floats():
     assert AugmentConfig(random_resized_crop=[0.08, 1]).random_resized_crop == (0.08, 1.0)
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(227, 227), (212, 212), (226, 227), (200, 150), (1, 1), (5, 227), (228, 227), (150, 400)],
+)
+def test_evaluation_resize_equals_tensorflow_antialiased_resize(shape):
+    """Windows that upsample take the cheaper plain-bilinear path: same pixels as TF's
+    antialiased resize (the oracle) within float rounding; shrinking ones are unchanged."""
+    rng = np.random.default_rng(sum(shape))
+    image = tf.constant((rng.random((*shape, 3)) * 255).astype(np.uint8))
+    oracle = tf.image.resize(image, (227, 227), antialias=True).numpy()
+    got = augment._resize_exact(image, 227, True).numpy()
+    assert got.shape == (227, 227, 3) and got.dtype == np.float32
+    np.testing.assert_allclose(got, oracle, rtol=0, atol=0.01)
