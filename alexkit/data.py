@@ -838,6 +838,7 @@ def make_dataset(
     with_paths: bool = False,
     skipped: SkipLog | None = None,
     shuffle_buffer: int = 10_000,
+    shard: tuple[int, int] | None = None,
 ):
     """Stream a spec as batches of float32 [0, 255] images and int32 labels.
 
@@ -860,6 +861,11 @@ def make_dataset(
         with_paths: also yield the item strings (``image/filename`` for TFRecords).
         skipped: receives (path, reason) for every unreadable file.
         shuffle_buffer: records held for shuffling TFRecord data.
+        shard: ``(index, count)``: keep only slice ``index`` of ``count`` equal slices
+            of every ``batch_size`` batch (multi-worker training: each worker decodes
+            only its share of each global batch; images and augmentation seeds are
+            those of the unsharded stream). Yields batches of ``batch_size // count``,
+            full batches only. Not with ``cache``.
 
     Returns:
         A ``tf.data.Dataset`` of ``(images, labels[, items])``.
@@ -873,6 +879,13 @@ def make_dataset(
         raise UsageError(f"tta must be 'center' or 'ten-crop'. Received: {tta!r}")
     if batch_size < 1:
         raise UsageError(f"batch_size must be >= 1. Received: {batch_size}")
+    if shard is not None:
+        index, count = (int(v) for v in shard)
+        if count < 1 or not 0 <= index < count or batch_size % count or cache:
+            raise UsageError(
+                f"shard {shard!r} needs 0 <= index < count, batch_size ({batch_size}) "
+                "divisible by count, and no cache."
+            )
     augment = augment or AugmentConfig()
     shuffle = training if shuffle is None else shuffle
     skipped = skipped if skipped is not None else SkipLog()
@@ -901,6 +914,17 @@ def make_dataset(
         )
     else:
         ds = _with_seeds(ds, seed)
+        if shard is not None:
+            # Group the undecoded stream (paths/records + seeds) into full global
+            # batches, keep this worker's slice of each, decode only that.
+            per, index = batch_size // shard[1], int(shard[0])
+            ds = ds.batch(batch_size, drop_remainder=True)
+            ds = ds.map(
+                lambda el, s: tf.nest.map_structure(
+                    lambda t: t[index * per : (index + 1) * per], (el, s)
+                )
+            ).unbatch()
+            batch_size, drop_remainder = per, True
 
         def fused(el, s):
             out, label, item, ok = decode(

@@ -45,10 +45,15 @@ What works and what does not (Keras 3.15, TensorFlow 2.21, measured on CPU):
 * A custom loop (``strategy.run`` of a ``GradientTape`` step and
   ``optimizer.apply``) works under both strategies as well; :func:`train_steps`
   offers both paths (``method="fit"`` or ``"custom"``) so the tests check both.
+* ``model.train_on_batch`` with per-replica batches (what ``alexkit pretrain`` does):
+  each worker reads its slice of every global batch (``make_dataset(shard=...)``),
+  :class:`ReplicaFeed` splits it over the local replicas, and
+  :func:`enable_distributed_batches` lets Keras accept the per-replica values.
+  Tested through the CLI: two workers and two logical CPUs against one process.
 * XLA (``jit_compile=True``) is not used under strategies here (Keras' "auto"
   turns it off on CPU; on GPU keep the default or measure).
 
-Typical use (what ``alexkit.train`` does)::
+Typical use with ``fit``::
 
     strategy = get_strategy("multiworker")  # first, before any other TensorFlow work
     with strategy.scope():
@@ -58,6 +63,14 @@ Typical use (what ``alexkit.train`` does)::
     model.fit(train_batches, validation_data=val_batches, epochs=90)  # global batches
     if is_chief(strategy):
         model.save("run/model.keras")
+
+and step by step (``alexkit.train``'s engine)::
+
+    feed = ReplicaFeed(strategy)
+    enable_distributed_batches(model)  # after compile
+    for x, y in make_dataset(spec, training=True, batch_size=128,
+                             shard=(feed.worker, feed.workers)):
+        logs = model.train_on_batch(*feed.split(x, y), return_dict=True)
 """
 
 from __future__ import annotations
@@ -81,6 +94,8 @@ __all__ = [
     "shard_and_batch",
     "distribute_dataset",
     "enable_multiworker_fit",
+    "enable_distributed_batches",
+    "ReplicaFeed",
     "StepsResult",
     "train_steps",
 ]
@@ -306,6 +321,9 @@ def enable_multiworker_fit(model: Any) -> Any:
         return model
     if not hasattr(model, "_maybe_symbolic_build"):
         return model  # a Keras release where the probe changed: nothing to patch
+    if getattr(model, "_alexkit_multiworker", False):
+        return model  # already patched (compile() keeps instance attributes)
+    model._alexkit_multiworker = True
     original = model._maybe_symbolic_build
 
     def local_first(value: Any) -> Any:
@@ -331,6 +349,118 @@ def enable_multiworker_fit(model: Any) -> Any:
         step = getattr(model, name)
         setattr(model, name, lambda data, step=step: with_leading_axis(step(data)))
     return model
+
+
+def enable_distributed_batches(model: Any) -> Any:
+    """Let ``train_on_batch`` take per-replica batches (``DistributedValues``).
+
+    Keras 3.15's ``train_on_batch`` hands its batch to ``_maybe_symbolic_build``, which
+    reads ``.shape`` and fails on a ``PerReplica`` value ("'PerReplica' object has no
+    attribute 'shape'"); the step itself (``strategy.run``) accepts per-replica values.
+    This makes the shape probe read the first local replica's part, for this model
+    instance only, under ``MirroredStrategy`` and ``MultiWorkerMirroredStrategy``, and
+    applies :func:`enable_multiworker_fit` (needed for the step's logs under
+    multi-worker). A no-op without a strategy. Call after ``compile``.
+
+    With it, ``model.train_on_batch(*feed.split(x, y))`` (see :class:`ReplicaFeed`)
+    gives each replica its own slice: one step on ``R`` replicas equals one
+    single-device step on the concatenated batch (tested, both strategies).
+
+    Returns:
+        The same model.
+    """
+    import tensorflow as tf
+
+    strategy = getattr(model, "distribute_strategy", None)
+    kinds = (tf.distribute.MirroredStrategy, tf.distribute.MultiWorkerMirroredStrategy)
+    if not isinstance(strategy, kinds) or not hasattr(model, "_maybe_symbolic_build"):
+        return model
+    enable_multiworker_fit(model)
+    if getattr(model, "_alexkit_replica_batches", False):
+        return model
+    model._alexkit_replica_batches = True
+    probe = model._maybe_symbolic_build
+
+    def local_first(value: Any) -> Any:
+        if isinstance(value, tf.distribute.DistributedValues):
+            return strategy.experimental_local_results(value)[0]
+        return value
+
+    def maybe_symbolic_build(iterator: Any = None, data_batch: Any = None) -> Any:
+        if data_batch is not None:
+            data_batch = tf.nest.map_structure(local_first, data_batch)
+        return probe(iterator=iterator, data_batch=data_batch)
+
+    model._maybe_symbolic_build = maybe_symbolic_build
+    return model
+
+
+class ReplicaFeed:
+    """Where this process sits in a strategy, and how it splits its batches.
+
+    Attributes:
+        replicas: replicas in sync over all workers (R).
+        local: replicas on this worker (L).
+        workers: ``R // L`` input pipelines, one per worker.
+        worker: this worker's index (its replicas are ``worker*L .. worker*L+L-1``).
+
+    Under multi-worker each worker reads ``shard=(worker, workers)`` of every global
+    batch (:func:`alexkit.data.make_dataset`) and :meth:`split` cuts that local batch
+    into ``L`` equal per-replica parts, in replica order: the global batch is the
+    concatenation of every replica's part, as a single device would see it.
+    """
+
+    def __init__(self, strategy: Any):
+        import tensorflow as tf
+
+        self.strategy = strategy
+        ids = strategy.experimental_local_results(
+            strategy.experimental_distribute_values_from_function(
+                lambda ctx: tf.constant(ctx.replica_id_in_sync_group)
+            )
+        )
+        ids = sorted(int(v) for v in ids)
+        self.replicas = int(strategy.num_replicas_in_sync)
+        self.local = len(ids)
+        self.base = ids[0]
+        self.workers = max(1, self.replicas // self.local)
+        self.worker = self.base // self.local
+
+    def split(self, *tensors: Any) -> tuple[Any, ...]:
+        """Each tensor (local batch first axis) as per-replica ``DistributedValues``."""
+        rows = int(tensors[0].shape[0])
+        if rows % self.local:
+            raise UsageError(f"a local batch of {rows} cannot be split over {self.local} replicas.")
+        per = rows // self.local
+
+        def part(t: Any) -> Any:
+            return self.strategy.experimental_distribute_values_from_function(
+                lambda ctx: t[(ctx.replica_id_in_sync_group - self.base) * per :][:per]
+            )
+
+        return tuple(part(t) for t in tensors)
+
+    def mean(self, values: dict[str, float]) -> dict[str, float]:
+        """The mean of each value over the workers (identical on every worker).
+
+        One all-reduce; every worker must call it at the same point. Used so that
+        decisions taken from validation metrics (LR plateau, best model, early
+        stopping) are the same on every worker even if float rounding differed.
+        """
+        import tensorflow as tf
+
+        if self.workers == 1 or not values:
+            return dict(values)
+        keys = sorted(values)
+        vector = tf.constant([float(values[k]) for k in keys], tf.float64)
+        summed = self.strategy.reduce(
+            tf.distribute.ReduceOp.SUM,
+            self.strategy.experimental_distribute_values_from_function(
+                lambda ctx: vector / self.replicas
+            ),
+            axis=None,
+        )
+        return {k: float(v) for k, v in zip(keys, summed.numpy().tolist(), strict=True)}
 
 
 @dataclass

@@ -27,6 +27,8 @@ import json
 import logging
 import math
 import platform
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -74,6 +76,9 @@ class RunResult:
         first_batch_loss: loss of the first training batch of this call (before any
             update of a fresh run), or None when resuming.
         weights_name: the weights-store entry registered by ``pretrain``.
+        worker: under ``--distribute multiworker``, this process's worker index; only
+            worker 0 (the chief) writes the run directory, the others train in a
+            scratch directory that is removed at the end (None otherwise).
     """
 
     run_dir: Path
@@ -87,6 +92,7 @@ class RunResult:
     seconds: float = 0.0
     first_batch_loss: float | None = None
     weights_name: str | None = None
+    worker: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able summary."""
@@ -440,7 +446,7 @@ class _Engine:
         build_model: Callable[[], Any],
         stages: Sequence[StagePlan],
         data: _DataPlan,
-        make_train: Callable[[int, int], Any],
+        make_train: Callable[..., Any],
         make_val: Callable[[], Any] | None,
         monitor: str,
         metrics: Sequence[str],
@@ -453,8 +459,11 @@ class _Engine:
         strategy: Any = None,
         resume: bool = False,
         save_last: bool = False,
+        restore_dir: Path | None = None,
+        writes: bool = True,
     ):
         self.run = run
+        self.writes = writes  # False on non-chief workers: no checkpoints or models
         self.build_model = build_model
         self.stages = list(stages)
         self.data = data
@@ -473,6 +482,15 @@ class _Engine:
         self.resume = resume
         self.save_last = save_last
         self.ckpt = CheckpointManager(run.checkpoint_dir)
+        # A non-chief worker writes a scratch run dir but resumes from the chief's.
+        self.restore = CheckpointManager(restore_dir) if restore_dir else self.ckpt
+        self.feed: Any = None
+        if strategy is not None:
+            from alexkit.distribute import ReplicaFeed
+
+            if class_weight:
+                raise UsageError("class weights are not supported with --distribute.")
+            self.feed = ReplicaFeed(strategy)
         self.model: Any = None
         self.schedule: Any = None
         self.first_batch_loss: float | None = None
@@ -500,6 +518,14 @@ class _Engine:
 
     def _natural_steps(self) -> int:
         n = self.data.num_train
+        if self.feed is not None:
+            # Distributed: full global batches only (they split evenly over replicas).
+            if n < self.data.batch_size:
+                raise UsageError(
+                    f"--distribute needs at least one full global batch: {n} training "
+                    f"images < --batch-size {self.data.batch_size}."
+                )
+            return n // self.data.batch_size
         return max(1, math.ceil(n / self.data.batch_size))
 
     def steps(self) -> int:
@@ -530,8 +556,15 @@ class _Engine:
             # Build the optimizer now so its variables exist for checkpoint restore. Under
             # mixed_float16 compile wraps it in a LossScaleOptimizer: build the wrapper.
             self.model.optimizer.build(self.model.trainable_variables)
+        if self.strategy is not None:
+            from alexkit.distribute import enable_distributed_batches
+
+            enable_distributed_batches(self.model)
 
     def _save(self, state: dict[str, Any]) -> Path:
+        if not self.writes:
+            self._steps_since_save = 0
+            return self.restore.directory
         state = dict(state)
         state["schedule"] = self.schedule.state_dict() if self.schedule is not None else None
         model_arrays = [np.asarray(v.numpy()) for v in self.model.variables]
@@ -569,7 +602,7 @@ class _Engine:
         state = self._fresh_state()
         optimizer_arrays: list[np.ndarray] | None = None
         if self.resume:
-            state, model_arrays, optimizer_arrays, folder = self.ckpt.load_latest()
+            state, model_arrays, optimizer_arrays, folder = self.restore.load_latest()
             self._assign(self.model.variables, model_arrays, "model")
             log.info("resuming from %s", folder)
             _emit(
@@ -676,7 +709,10 @@ class _Engine:
             start_step=start,
             lr=lr,
         )
-        dataset = self.make_train(epoch_index, steps)
+        if self.feed is not None:
+            dataset = self.make_train(epoch_index, steps, (self.feed.worker, self.feed.workers))
+        else:
+            dataset = self.make_train(epoch_index, steps)
         if start:
             dataset = dataset.skip(start)
         accum = state["accum"]
@@ -684,6 +720,11 @@ class _Engine:
         for x, y in dataset:
             batch = int(y.shape[0])
             self.model.reset_metrics()
+            if self.feed is not None:
+                # This worker's slice of the global batch, one part per local replica;
+                # loss and accuracy come back as global-batch means.
+                batch *= self.feed.workers
+                x, y = self.feed.split(x, y)
             logs = self.model.train_on_batch(x, y, class_weight=self.class_weight, return_dict=True)
             loss = float(logs["loss"])
             if self.first_batch_loss is None:
@@ -731,6 +772,10 @@ class _Engine:
             "img_per_s": accum["count"] / max(accum["seconds"], 1e-9),
         }
         val_metrics = self.validate()
+        if self.feed is not None:
+            # Identical on every worker: the LR plateau, best-model and early-stopping
+            # decisions below must not differ between workers.
+            val_metrics = self.feed.mean(val_metrics)
         row.update({f"val_{k}": v for k, v in val_metrics.items()})
         value = row.get(self.monitor)
         if value is None and self.monitor.startswith("val_"):
@@ -788,6 +833,8 @@ class _Engine:
         )
 
     def _save_model(self, path: Path) -> None:
+        if not self.writes:
+            return
         from alexkit.paths import atomic_path
 
         with atomic_path(path, suffix=".keras") as tmp:
@@ -1033,11 +1080,27 @@ def _digits_path() -> Path:
 
 def _make_dataset_fns(
     plan: _DataPlan, seed: int
-) -> tuple[Callable[[int, int], Any], Callable[[], Any] | None, Callable[[str], Any] | None]:
+) -> tuple[Callable[..., Any], Callable[[], Any] | None, Callable[[str], Any] | None]:
     """Per-epoch training datasets (seeded by run seed and epoch) and the validation set."""
     from alexkit.data import make_dataset
 
-    def make_train(epoch: int, steps: int) -> Any:
+    def make_train(epoch: int, steps: int, shard: tuple[int, int] | None = None) -> Any:
+        if shard is not None:
+            # Distributed: this worker's slice of every full global batch.
+            ds = make_dataset(
+                plan.train,
+                training=True,
+                image_size=plan.image_size,
+                batch_size=plan.batch_size,
+                augment=plan.augment,
+                seed=seed * 1_000_003 + epoch,
+                shuffle=True,
+                grayscale=plan.grayscale,
+                shard=shard,
+            )
+            if steps > plan.num_train // plan.batch_size:
+                ds = ds.repeat()
+            return ds.take(steps)
         natural = max(1, math.ceil(plan.num_train / plan.batch_size))
         # More steps than one pass: repeat, with full batches only so that every step
         # sees batch_size images (the partial batch would otherwise recur each pass).
@@ -1501,15 +1564,72 @@ def pretrain(
     batch = int(resolved["batch_size"])
 
     strategy = None
+    worker: int | None = None
     if resolved["distribute"] != "none":
-        from alexkit.distribute import get_strategy
+        from alexkit.distribute import get_strategy, is_chief
 
         strategy = get_strategy(resolved["distribute"])
         replicas = int(strategy.num_replicas_in_sync)
         if batch % replicas:
             raise UsageError(f"--batch-size {batch} must be divisible by the {replicas} replicas.")
+        if resolved["distribute"] == "multiworker":
+            from alexkit.distribute import ReplicaFeed
 
-    run = RunDir.prepare(out_path, resume=resume, force=force)
+            worker = ReplicaFeed(strategy).worker
+            worker = 0 if is_chief(strategy) else max(worker, 1)
+
+    # Only the chief writes --out. Another worker trains in a scratch run dir (same
+    # computation, outputs thrown away) and reads the chief's run dir on --resume,
+    # which then has to be on a filesystem every worker can read.
+    home = RunDir(out_path)
+    if worker:
+        if resume and not home.checkpoint_dir.is_dir():
+            raise CheckpointError(
+                f"worker {worker} cannot read {home.checkpoint_dir}: with --resume every "
+                "worker needs the chief's run directory (a shared filesystem or a copy)."
+            )
+        run = RunDir.prepare(
+            Path(tempfile.mkdtemp(prefix=f"alexkit-worker{worker}-")), resume=False, force=True
+        )
+    else:
+        run = home = RunDir.prepare(out_path, resume=resume, force=force)
+    try:
+        return _pretrain_run(
+            run, home, worker, strategy, resolved, args, data, val, seed, batch, variant,
+            resume=resume, force=force, jit=jit, checkpoint_every=checkpoint_every,
+            ten_crop=ten_crop, register=register, name=name, progress=progress, t0=t0,
+        )  # fmt: skip
+    finally:
+        if worker:
+            shutil.rmtree(run.path, ignore_errors=True)
+
+
+def _pretrain_run(
+    run: RunDir,
+    home: RunDir,
+    worker: int | None,
+    strategy: Any,
+    resolved: dict[str, Any],
+    args: dict[str, Any],
+    data: Path,
+    val: str | Path | None,
+    seed: int,
+    batch: int,
+    variant: str,
+    *,
+    resume: bool,
+    force: bool,
+    jit: bool | None,
+    checkpoint_every: int | None,
+    ten_crop: bool,
+    register: bool,
+    name: str | None,
+    progress: ProgressFn | None,
+    t0: float,
+) -> RunResult:
+    """The part of :func:`pretrain` after the run directory is settled."""
+    from alexkit.model import VARIANTS
+
     _seed_everything(seed)
     image_size = int(VARIANTS[variant]["image_size"])
     plan, make_train, make_val, make_eval, fp_sources = _pretrain_data(
@@ -1518,7 +1638,7 @@ def pretrain(
         seed=seed,
         image_size=image_size,
         batch=batch,
-        saved=run.read_config() if resume else None,
+        saved=home.read_config() if resume else None,
     )
     stage = StagePlan(
         name="pretrain",
@@ -1575,8 +1695,8 @@ def pretrain(
         },
     }
     if resume:
-        _check_resume_config(run, config)
-    else:
+        _check_resume_config(home, config)
+    if not resume or worker:
         run.write_config(config)
 
     import keras
@@ -1609,21 +1729,29 @@ def pretrain(
             strategy=strategy,
             resume=resume,
             save_last=True,
+            restore_dir=home.checkpoint_dir if worker else None,
+            writes=not worker,
         )
         state = engine.run_all()
-        metrics = _final_metrics(
-            run, engine, state, tta="ten-crop" if ten_crop else "center", make_eval=make_eval
-        )
+        metrics = None
+        if not worker:
+            metrics = _final_metrics(
+                run, engine, state, tta="ten-crop" if ten_crop else "center", make_eval=make_eval
+            )
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
     weights_name = None
-    if register and run.model_path.exists():
+    if register and not worker and run.model_path.exists():
         weights_name = _register(run, name or resolved.get("name"), variant, force=force)
         _emit(progress, "registered", name=weights_name)
-    _emit(progress, "done", run_dir=str(run.path))
-    return _result(
+    _emit(progress, "done", run_dir=str(home.path))
+    result = _result(
         run, engine, state, resumed=resume, t0=t0, metrics=metrics, weights_name=weights_name
     )
+    result.worker = worker
+    if worker:  # the chief's paths: this worker's scratch copy is removed
+        result.run_dir, result.model_path = home.path, home.model_path
+    return result
 
 
 def _register(run: RunDir, name: str | None, variant: str, *, force: bool) -> str:
@@ -1670,7 +1798,7 @@ def _pretrain_data(
     saved: dict[str, Any] | None,
 ) -> tuple[
     _DataPlan,
-    Callable[[int, int], Any],
+    Callable[..., Any],
     Callable[[], Any] | None,
     Callable[[str], Any] | None,
     dict[str, Any],

@@ -13,7 +13,7 @@ from PIL import Image
 
 from alexkit import augment, data, decode
 from alexkit.data import DatasetSpec, SkipLog, load_spec, make_dataset
-from alexkit.errors import DataError
+from alexkit.errors import DataError, UsageError
 
 
 def _junk(root):
@@ -502,3 +502,23 @@ def test_evaluation_pipelines_run_without_tf_data_autotuning(tmp_path):
     for (x1, y1), (x2, y2) in zip(evaluation, tuned, strict=True):
         np.testing.assert_array_equal(x1.numpy(), x2.numpy())
         np.testing.assert_array_equal(y1.numpy(), y2.numpy())
+
+
+def test_shards_of_each_global_batch_rebuild_the_unsharded_batches(tmp_path):
+    """Multi-worker input: worker i decodes only slice i of every global batch, with
+    the same images and augmentation as the single-process stream."""
+    write_class_images(tmp_path, ["a", "b", "c"], 5)  # 15 images: 3 full batches of 4
+    spec = load_spec(str(tmp_path))
+
+    def batches(**kw):
+        ds = make_dataset(spec, training=True, image_size=32, batch_size=4, seed=3, **kw)
+        return [(x.numpy(), y.numpy()) for x, y in ds]
+
+    whole = batches(drop_remainder=True)
+    parts = [batches(shard=(i, 2)) for i in range(2)]
+    assert len(whole) == 3 and all(len(p) == 3 for p in parts)
+    for k, (x, y) in enumerate(whole):
+        np.testing.assert_array_equal(np.concatenate([p[k][0] for p in parts]), x)
+        np.testing.assert_array_equal(np.concatenate([p[k][1] for p in parts]), y)
+    with pytest.raises(UsageError, match="divisible"):
+        make_dataset(spec, training=True, batch_size=5, shard=(0, 2))

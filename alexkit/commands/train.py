@@ -135,6 +135,8 @@ def _summary(result: Any, as_json: bool, started: float) -> None:
             table.add_row("validation top-5", f"{result.metrics['top5_accuracy']:.4f}")
     if result.weights_name:
         table.add_row("weights entry", result.weights_name)
+    if getattr(result, "worker", None):
+        table.add_row("worker", f"{result.worker} (worker 0, the chief, writes the run directory)")
     table.add_row("epochs", str(len(result.history)))
     table.add_row("time", f"{time.perf_counter() - started:.1f} s")
     out_console().print(table)

@@ -1,0 +1,184 @@
+"""``alexkit pretrain --distribute mirrored|multiworker`` end to end, through the CLI.
+
+Every run is a subprocess (logical CPUs and the multi-worker runtime must be set up
+before TensorFlow starts). The oracle is a single-process run on the same global
+batches: the distributed runs split each global batch of 8 over 2 replicas (2 logical
+CPUs, or 2 worker processes on 127.0.0.1 that each decode only their half) and must
+end with the same losses and weights. Dropout is set to 0 in these runs only (a
+runner patches ``build_alexnet``): its masks are drawn per replica, so they cannot
+match a single device's; everything else is the real model and the real CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+WNIDS = [f"n0{i:07d}" for i in range(5)]
+ARGS = [
+    "pretrain",
+    "--batch-size", "8",
+    "--steps-per-epoch", "2",
+    "--lr", "2e-4",
+    "--init", "he",
+    "--no-jit",
+    "--seed", "0",
+    "--quiet",
+    "--json",
+]  # fmt: skip
+
+RUNNER = """
+import sys
+if sys.argv[1] == "mirrored":
+    from alexkit.distribute import use_logical_cpus
+    use_logical_cpus(2)
+import alexkit.model as model
+build = model.build_alexnet
+def no_dropout(*args, **kwargs):
+    kwargs["dropout"] = 0.0
+    return build(*args, **kwargs)
+model.build_alexnet = no_dropout
+from alexkit.cli import main
+sys.argv = ["alexkit", *sys.argv[2:]]
+main()
+"""
+
+
+def _ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from conftest import write_class_images
+
+    root = tmp_path_factory.mktemp("distpretrain")
+    write_class_images(root / "data" / "train", WNIDS, 8, size=(64, 56), fmt="JPEG")
+    (root / "runner.py").write_text(RUNNER)
+    (root / "tmp").mkdir()
+    return root
+
+
+def _env(root: Path, **extra: str) -> dict:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TMPDIR=str(root / "tmp"))
+    env.pop("TF_CONFIG", None)
+    env["ALEXKIT_HOME"] = str(root / "home")
+    return {**env, **extra}
+
+
+def _start(root: Path, mode: str, out: str, epochs: int, *extra: str, **env: str):
+    cmd = [sys.executable, str(root / "runner.py"), mode, *ARGS, "--data", "data"]
+    cmd += ["--out", out, "--epochs", str(epochs), *extra]
+    return subprocess.Popen(
+        cmd, cwd=root, env=_env(root, **env), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+
+
+def _finish(procs) -> list[dict]:
+    results = []
+    for proc in procs:
+        try:
+            out, err = proc.communicate(timeout=400)
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            pytest.fail("a training process hung (a collective waited forever?)")
+        assert proc.returncode == 0, err.decode()[-3000:]
+        results.append(json.loads(out))
+    return results
+
+
+def _multiworker(root: Path, out: str, epochs: int, *extra: str) -> list[dict]:
+    ports = _ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    procs = [
+        _start(
+            root,
+            "multiworker",
+            out,
+            epochs,
+            "--distribute",
+            "multiworker",
+            *extra,
+            TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
+        )
+        for i in range(2)
+    ]
+    return _finish(procs)
+
+
+def _weights(path: Path) -> list[np.ndarray]:
+    import keras
+
+    import alexkit.layers  # noqa: F401
+    import alexkit.optim  # noqa: F401
+
+    return keras.saving.load_model(path, compile=False).get_weights()
+
+
+def _assert_same_run(a: list[dict], b: list[dict]) -> None:
+    assert [r["epoch"] for r in a] == [r["epoch"] for r in b]
+    for ra, rb in zip(a, b, strict=True):
+        assert ra["images"] == rb["images"] == 16
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy", "lr"):
+            assert ra[key] == pytest.approx(rb[key], abs=2e-5), (ra["epoch"], key)
+
+
+@pytest.fixture(scope="module")
+def single(setup):
+    (result,) = _finish([_start(setup, "none", "single", 3)])
+    return result
+
+
+@pytest.mark.slow
+def test_pretrain_multiworker_two_processes_matches_single_process_and_resumes(setup, single):
+    first = _multiworker(setup, "mw", 2)
+    chief, other = first
+    assert chief["worker"] == 0 and other["worker"] == 1
+    assert Path(chief["run_dir"]) == Path("mw") == Path(other["run_dir"])
+    assert chief["weights_name"] and other["weights_name"] is None
+    assert other["metrics"] is None and chief["metrics"]["num_samples"] == 10
+    _assert_same_run(chief["history"], single["history"][:2])
+    _assert_same_run(other["history"], single["history"][:2])
+    run = setup / "mw"
+    for name in ("config.json", "history.csv", "model.keras", "last.keras", "metrics.json"):
+        assert (run / name).is_file(), name
+    assert len((run / "history.csv").read_text().splitlines()) == 3
+    # Worker 1 trained in a scratch dir and removed it; only the chief registered.
+    assert list((setup / "tmp").iterdir()) == []
+    entries = sorted(p.name for p in (setup / "home" / "weights").iterdir())
+    assert "pretrain-original-mw" in entries and not any("worker" in e for e in entries)
+
+    # Both workers resume from the chief's newest checkpoint (worker 1 reads it through
+    # the shared filesystem) and finish epoch 3 exactly as the uninterrupted run did.
+    resumed = _multiworker(setup, "mw", 3, "--resume")
+    for result in resumed:
+        assert result["resumed"]
+        _assert_same_run(result["history"], single["history"])
+    a, b = _weights(run / "last.keras"), _weights(setup / "single" / "last.keras")
+    assert len(a) == len(b) == 16
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_allclose(x, y, rtol=0, atol=2e-5)
+
+
+@pytest.mark.slow
+def test_pretrain_mirrored_on_two_logical_cpus_matches_single_process(setup, single):
+    (result,) = _finish([_start(setup, "mirrored", "mirrored", 3, "--distribute", "mirrored")])
+    assert result["worker"] is None
+    _assert_same_run(result["history"], single["history"])
+    a, b = _weights(setup / "mirrored" / "last.keras"), _weights(setup / "single" / "last.keras")
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_allclose(x, y, rtol=0, atol=2e-5)
