@@ -60,7 +60,8 @@ def build_extractor(model: Any, layer: str = "fc7", pool: str = "none") -> Any:
     if pool not in ("none", "avg"):
         raise UsageError(f"--pool must be 'avg' or 'none'; received {pool!r}.")
     try:
-        return feature_extractor(model, layer=layer, pool=pool)
+        # Inference only: Preprocess folds into conv1 where exact (~5 % faster, original).
+        return feature_extractor(model, layer=layer, pool=pool, fold_preprocess=True)
     except ValueError as exc:
         names = [lyr.name for lyr in model.layers if lyr.name != "input_layer"]
         raise UsageError(

@@ -361,7 +361,9 @@ def freeze(model: keras.Model, trainable_from: str | None = None) -> keras.Model
     return model
 
 
-def feature_extractor(model: keras.Model, layer: str = "fc7", pool: str = "none") -> keras.Model:
+def feature_extractor(
+    model: keras.Model, layer: str = "fc7", pool: str = "none", *, fold_preprocess: bool = False
+) -> keras.Model:
     """A model from raw pixels to the output of ``layer`` (post-activation).
 
     Args:
@@ -369,9 +371,12 @@ def feature_extractor(model: keras.Model, layer: str = "fc7", pool: str = "none"
         layer: a layer name, e.g. ``fc7``, ``fc6``, ``pool5``, ``conv5``.
         pool: ``"none"`` keeps the layer's shape; ``"avg"`` global-average-pools
             spatial maps to one vector per image (no effect on dense layers).
+        fold_preprocess: for inference only: fold ``Preprocess`` into the first
+            convolution when that is exact (see :func:`fold_preprocess`). The folded
+            first kernel is a copy: rebuild the extractor after changing ``model``.
 
     Returns:
-        A Functional model sharing ``model``'s weights.
+        A Functional model sharing ``model``'s weights (except a folded first kernel).
     """
     if pool not in ("none", "avg"):
         raise ValueError(f"pool must be 'none' or 'avg'. Received: pool={pool!r}")
@@ -380,12 +385,80 @@ def feature_extractor(model: keras.Model, layer: str = "fc7", pool: str = "none"
     except ValueError as exc:
         names = [layer_.name for layer_ in model.layers]
         raise ValueError(f"layer must be one of {names}. Received: layer={layer!r}") from exc
+    inputs = model.input
+    if fold_preprocess:
+        folded = _folded_chain(model, layer)
+        if folded is not None:
+            inputs, output = folded
     if len(output.shape) == 4:
         if pool == "avg":
             output = keras.layers.GlobalAveragePooling2D(name=f"{layer}_avg")(output)
         else:
             output = keras.layers.Flatten(name=f"{layer}_flat")(output)
-    return keras.Model(model.input, output, name=f"{model.name}_{layer}")
+    return keras.Model(inputs, output, name=f"{model.name}_{layer}")
+
+
+def _folded_chain(model: keras.Model, layer: str) -> tuple[Any, Any] | None:
+    """(inputs, output of ``layer``) with Preprocess folded into conv1, or None.
+
+    Folding is exact only when the model is a plain chain that starts
+    ``Input → Preprocess → Conv2D(padding="valid")``: the convolution then only ever
+    sees normalised pixels, and ``conv(x·s − m·s) = conv_{K·s}(x) − Σ K·m·s`` per output
+    channel (s = 1/std, m = mean, per input channel). With padding the border would see
+    normalised zeros, which are not raw zeros, so nothing is folded (the torchvision
+    layout pads conv1).
+    """
+    import numpy as np
+
+    layers = [lyr for lyr in model.layers if not isinstance(lyr, keras.layers.InputLayer)]
+    if len(layers) < 2 or layer not in [lyr.name for lyr in layers]:
+        return None
+    pre, conv = layers[0], layers[1]
+    if layer == pre.name:
+        return None
+    if not (
+        isinstance(pre, Preprocess)
+        and type(conv) is keras.layers.Conv2D
+        and conv.padding == "valid"
+        and conv.groups == 1
+        and conv.use_bias
+    ):
+        return None
+    try:  # a plain chain: every layer reads the previous layer's output only
+        if pre.input is not model.input:
+            return None
+        for prev, cur in zip(layers, layers[1:], strict=False):
+            if cur.input is not prev.output:
+                return None
+    except (AttributeError, ValueError):  # shared layers / several inbound nodes
+        return None
+    kernel, bias = (np.asarray(w, np.float64) for w in conv.get_weights())
+    scale = 1.0 / np.asarray(pre.std, np.float64)
+    shift = np.asarray(pre.mean, np.float64) * scale
+    folded = keras.layers.Conv2D(
+        conv.filters,
+        conv.kernel_size,
+        strides=conv.strides,
+        padding="valid",
+        dilation_rate=conv.dilation_rate,
+        activation=conv.activation,
+        dtype=conv.dtype_policy,
+        name=f"{conv.name}_folded",
+    )
+    inputs = keras.Input(shape=model.input.shape[1:], name="image")
+    x = folded(inputs)
+    folded.set_weights(
+        [
+            (kernel * scale[None, None, :, None]).astype(np.float32),
+            (bias - np.einsum("hwco,c->o", kernel, shift)).astype(np.float32),
+        ]
+    )
+    if conv.name != layer:
+        for lyr in layers[2:]:
+            x = lyr(x)
+            if lyr.name == layer:
+                break
+    return inputs, x
 
 
 def layer_table(model: keras.Model) -> list[dict[str, Any]]:

@@ -164,7 +164,7 @@ def _spawn(args: argparse.Namespace, child: str, data: Path, warmup: Path) -> di
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=64, help="images in the timed run")
+    parser.add_argument("--n", type=int, default=512, help="images in the timed run")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--variants", default="original,torchvision")
     parser.add_argument("--child", help=argparse.SUPPRESS)

@@ -144,6 +144,35 @@ def test_feature_extractor_matches_layer_output(original):
     np.testing.assert_allclose(pooled, keras.ops.mean(conv5, axis=(1, 2)), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("layer", ["conv1", "lrn1", "fc7", "predictions"])
+def test_folding_preprocess_into_conv1_keeps_the_function(original, layer):
+    """Inference extractors fold mean/std into conv1 (valid padding): same outputs as
+    the unfolded sub-model (the oracle), one layer fewer, conv1's own weights intact."""
+    x = np.random.default_rng(1).uniform(0, 255, (2, 227, 227, 3)).astype("float32")
+    want = np.asarray(feature_extractor(original, layer)(x))
+    kernel = original.get_layer("conv1").get_weights()[0].copy()
+    for _ in range(2):  # layers reused by an earlier extractor still fold
+        folded = feature_extractor(original, layer, fold_preprocess=True)
+        names = [lyr.name for lyr in folded.layers]
+        assert "preprocess" not in names and names[1] == "conv1_folded"
+        got = np.asarray(folded(x))
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
+    np.testing.assert_array_equal(original.get_layer("conv1").get_weights()[0], kernel)
+
+
+def test_folding_is_skipped_where_it_would_not_be_exact():
+    """torchvision pads conv1 (normalised zeros are not raw zeros): nothing folds; nor
+    does a request for the preprocess layer itself."""
+    tv = build_alexnet("torchvision", num_classes=3)
+    names = [lyr.name for lyr in feature_extractor(tv, "fc7", fold_preprocess=True).layers]
+    assert names[:3] == ["image", "preprocess", "conv1_pad"]
+    model = build_alexnet("original", num_classes=3)
+    names = [
+        lyr.name for lyr in feature_extractor(model, "preprocess", fold_preprocess=True).layers
+    ]
+    assert names == ["image", "preprocess", "preprocess_flat"]
+
+
 def test_keras_round_trip_identical_outputs(tmp_path):
     model = build_alexnet("original", num_classes=4, seed=3)
     path = tmp_path / "m.keras"
