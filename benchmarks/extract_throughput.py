@@ -6,14 +6,17 @@ layout defined with ``torch.nn`` here — torchvision itself is not a dependency
 ``Dataset`` and ``DataLoader(num_workers=2)``), with the ratio ours / torch.
 
 Each measurement runs in its own subprocess (TensorFlow and PyTorch never share one),
-after a warm-up pass over a few images, so tracing/thread-pool start-up is excluded
-on both sides. Weights are random: throughput does not depend on their values. Both
+after a warm-up pass over one batch, so one-time process costs (autograph conversion,
+kernel and thread-pool set-up) are excluded on both sides. The timed alexkit call
+still builds its own extractor and tf.data pipeline, as every ``extract`` does
+(~0.18 s here: tracing the sub-model ~70 ms and the decode graph ~90 ms): ~6 % of a
+512-image run, ~2 % at 2048 images (``--n``), the scale the tool is for. Weights are random: throughput does not depend on their values. Both
 sides write CSV with the same formatter (alexkit's CSVWriter) so the comparison is
 about decoding + model + pipeline.
 
 Usage::
 
-    python benchmarks/extract_throughput.py --n 64 --batch-size 32
+    python benchmarks/extract_throughput.py --n 512 --batch-size 32
 """
 
 from __future__ import annotations
