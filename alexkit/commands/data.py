@@ -6,7 +6,13 @@ from pathlib import Path
 
 import typer
 
-from alexkit.commands._common import err_console, guarded, out_console, print_json
+from alexkit.commands._common import (
+    err_console,
+    guarded,
+    import_tensorflow_quietly,
+    out_console,
+    print_json,
+)
 
 data_app = typer.Typer(
     name="data",
@@ -21,7 +27,7 @@ def register(app: typer.Typer) -> None:
 
 
 @data_app.command("check")
-@guarded
+@guarded(light=True)  # header sniffing and Pillow only: no TensorFlow (~5 s of start-up)
 def check(
     path: str = typer.Argument(
         ..., help="Folder, CSV manifest (path,label[,split][,group]) or shards."
@@ -57,6 +63,8 @@ def check(
 
         options = MediaOptions(frames_per_clip=frames_per_clip)
     spec = data.load_spec(path, val_fraction=0.0, labels_file=labels_file, media_options=options)
+    if spec.is_tfrecord:  # records are read with TensorFlow: import it without its chatter
+        import_tensorflow_quietly()
     if not json_out:
         err_console().print(f"checking {len(spec)} item(s) in {spec.root} ...")
     report = data.scan(spec)
