@@ -94,18 +94,22 @@ def test_help_shows_examples():
         assert result.exit_code == 0 and "Example: alexkit data" in result.stdout
 
 
-def test_check_of_an_image_folder_starts_without_tensorflow(tmp_path):
-    """`data check` reads headers with Pillow: TensorFlow's ~5 s import is not paid."""
+def test_light_commands_start_without_tensorflow(tmp_path):
+    """`data check` (Pillow) and `weights list` (store folders) don't pay TensorFlow's
+    ~5 s import."""
+    import os
     import subprocess
     import sys
 
     write_class_images(tmp_path / "d", ["a", "b"], 3, fmt="JPEG")
-    code = (
-        "import sys; from alexkit.cli import main; sys.argv = ['alexkit', 'data', 'check', "
-        f"{str(tmp_path / 'd')!r}, '--json']\n"
-        "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
-        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert json.loads(proc.stdout)["classes"] == {"a": 3, "b": 3}
+    for argv in (["data", "check", str(tmp_path / "d"), "--json"], ["weights", "list", "--json"]):
+        code = (
+            f"import sys; from alexkit.cli import main; sys.argv = ['alexkit', *{argv!r}]\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
+        )
+        env = dict(os.environ, ALEXKIT_HOME=str(tmp_path / "home"))
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        out = json.loads(proc.stdout)
+        assert out["classes"] == {"a": 3, "b": 3} if argv[0] == "data" else out == []

@@ -42,7 +42,7 @@ def _describe(entry) -> str:
 
 
 @weights_app.command("list")
-@guarded
+@guarded(light=True)  # reads/deletes store folders only: no TensorFlow start-up
 def list_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the entries as JSON."),
 ) -> None:
@@ -158,7 +158,7 @@ def download_cmd(
 
 
 @weights_app.command("remove")
-@guarded
+@guarded(light=True)  # reads/deletes store folders only: no TensorFlow start-up
 def remove_cmd(name: str = typer.Argument(..., help="The entry to delete.")) -> None:
     """Delete an entry from the store.
 
