@@ -490,6 +490,11 @@ class _Engine:
 
             if class_weight:
                 raise UsageError("class weights are not supported with --distribute.")
+            if data.num_train < data.batch_size:
+                raise UsageError(
+                    f"--distribute needs at least one full global batch: {data.num_train} "
+                    f"training images < --batch-size {data.batch_size}."
+                )
             self.feed = ReplicaFeed(strategy)
         self.model: Any = None
         self.schedule: Any = None
@@ -520,11 +525,6 @@ class _Engine:
         n = self.data.num_train
         if self.feed is not None:
             # Distributed: full global batches only (they split evenly over replicas).
-            if n < self.data.batch_size:
-                raise UsageError(
-                    f"--distribute needs at least one full global batch: {n} training "
-                    f"images < --batch-size {self.data.batch_size}."
-                )
             return n // self.data.batch_size
         return max(1, math.ceil(n / self.data.batch_size))
 

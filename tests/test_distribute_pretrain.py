@@ -182,3 +182,14 @@ def test_pretrain_mirrored_on_two_logical_cpus_matches_single_process(setup, sin
     a, b = _weights(setup / "mirrored" / "last.keras"), _weights(setup / "single" / "last.keras")
     for x, y in zip(a, b, strict=True):
         np.testing.assert_allclose(x, y, rtol=0, atol=2e-5)
+
+
+def test_distributed_pretrain_needs_one_full_global_batch(setup, tmp_path):
+    from alexkit.errors import UsageError
+    from alexkit.train import pretrain
+
+    with pytest.raises(UsageError, match="at least one full global batch"):
+        pretrain(
+            setup / "data", out=tmp_path / "run", batch_size=64, steps_per_epoch=1,
+            distribute="mirrored", epochs=1, init="he", jit=False,
+        )  # fmt: skip
