@@ -440,19 +440,28 @@ class ReplicaFeed:
 
         return tuple(part(t) for t in tensors)
 
-    def mean(self, values: dict[str, float]) -> dict[str, float]:
-        """The mean of each value over the workers (identical on every worker).
+    def mean(self, values: dict[str, Any]) -> dict[str, Any]:
+        """The mean of each number over the workers (identical on every worker).
 
-        One all-reduce; every worker must call it at the same point. Used so that
-        decisions taken from validation metrics (LR plateau, best model, early
-        stopping) are the same on every worker even if float rounding differed.
+        One all-reduce; every worker must call it at the same point (it runs even for
+        an empty dict, so it doubles as a barrier). Used so that decisions taken from
+        validation metrics (LR plateau, best model, early stopping) are the same on
+        every worker even if float rounding differed. Values that are not finite
+        numbers (``None`` for an undefined metric) pass through unchanged.
         """
+        import math
+
         import tensorflow as tf
 
-        if self.workers == 1 or not values:
+        if self.workers == 1:
             return dict(values)
-        keys = sorted(values)
-        vector = tf.constant([float(values[k]) for k in keys], tf.float64)
+        keys = sorted(
+            k
+            for k, v in values.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        )
+        # Every worker sends the same length: the metric names are fixed by the run.
+        vector = tf.constant([float(values[k]) for k in keys] + [0.0], tf.float64)
         summed = self.strategy.reduce(
             tf.distribute.ReduceOp.SUM,
             self.strategy.experimental_distribute_values_from_function(
@@ -460,7 +469,9 @@ class ReplicaFeed:
             ),
             axis=None,
         )
-        return {k: float(v) for k, v in zip(keys, summed.numpy().tolist(), strict=True)}
+        out = dict(values)
+        out.update(zip(keys, summed.numpy().tolist()[: len(keys)], strict=True))
+        return out
 
 
 @dataclass

@@ -422,6 +422,9 @@ def _folded_chain(model: keras.Model, layer: str) -> tuple[Any, Any] | None:
         and conv.padding == "valid"
         and conv.groups == 1
         and conv.use_bias
+        and conv.data_format == "channels_last"
+        and conv.compute_dtype == "float32"  # folding moves rounding: exact only in fp32
+        and len(conv.get_weights()) == 2  # plain kernel + bias (not LoRA / quantized)
     ):
         return None
     try:  # a plain chain: every layer reads the previous layer's output only

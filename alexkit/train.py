@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from alexkit.errors import (
+    AlexkitError,
     CheckpointError,
     DataError,
     Interrupted,
@@ -662,9 +663,10 @@ class _Engine:
             if self.model is not None and getattr(self.model, "optimizer", None) is not None:
                 path = self._save(state)
                 self.run.write_history(state["history"])
+                saved = f"state saved to {path}" if self.writes else "the chief saves the state"
                 raise Interrupted(
                     f"interrupted at epoch {state['epoch'] + 1} step {state['step_in_epoch']}; "
-                    f"state saved to {path}; continue with --resume."
+                    f"{saved}; continue with --resume."
                 ) from None
             raise Interrupted("interrupted before training started; nothing was saved.") from None
         finally:
@@ -1098,9 +1100,11 @@ def _make_dataset_fns(
                 grayscale=plan.grayscale,
                 shard=shard,
             )
-            if steps > plan.num_train // plan.batch_size:
-                ds = ds.repeat()
-            return ds.take(steps)
+            # Always exactly `steps` batches on every worker: an image that fails to
+            # decode is dropped on its worker only, and a worker one batch short would
+            # leave the others waiting in the gradient all-reduce. It borrows from the
+            # next pass instead.
+            return ds.repeat().take(steps)
         natural = max(1, math.ceil(plan.num_train / plan.batch_size))
         # More steps than one pass: repeat, with full batches only so that every step
         # sees batch_size images (the partial batch would otherwise recur each pass).
@@ -1564,7 +1568,8 @@ def pretrain(
     batch = int(resolved["batch_size"])
 
     strategy = None
-    worker: int | None = None
+    worker: int | None = None  # set under multiworker only (0 = the chief)
+    feed: Any = None
     if resolved["distribute"] != "none":
         from alexkit.distribute import get_strategy, is_chief
 
@@ -1575,30 +1580,52 @@ def pretrain(
         if resolved["distribute"] == "multiworker":
             from alexkit.distribute import ReplicaFeed
 
-            worker = ReplicaFeed(strategy).worker
-            worker = 0 if is_chief(strategy) else max(worker, 1)
+            feed = ReplicaFeed(strategy)
+            worker = 0 if is_chief(strategy) else max(feed.worker, 1)
 
     # Only the chief writes --out. Another worker trains in a scratch run dir (same
     # computation, outputs thrown away) and reads the chief's run dir on --resume,
     # which then has to be on a filesystem every worker can read.
     home = RunDir(out_path)
-    if worker:
-        if resume and not home.checkpoint_dir.is_dir():
-            raise CheckpointError(
-                f"worker {worker} cannot read {home.checkpoint_dir}: with --resume every "
-                "worker needs the chief's run directory (a shared filesystem or a copy)."
-            )
-        run = RunDir.prepare(
-            Path(tempfile.mkdtemp(prefix=f"alexkit-worker{worker}-")), resume=False, force=True
-        )
-    else:
-        run = home = RunDir.prepare(out_path, resume=resume, force=force)
+    run: RunDir | None = None
+    error: AlexkitError | None = None
     try:
-        return _pretrain_run(
+        if worker:
+            if resume and not home.checkpoint_dir.is_dir():
+                raise CheckpointError(
+                    f"worker {worker} cannot read {home.checkpoint_dir}: with --resume every "
+                    "worker needs the chief's run directory (a shared filesystem or a copy)."
+                )
+            scratch = Path(tempfile.mkdtemp(prefix=f"alexkit-worker{worker}-"))
+            run = RunDir.prepare(scratch, resume=False, force=True)
+        else:
+            run = home = RunDir.prepare(out_path, resume=resume, force=force)
+    except AlexkitError as exc:
+        error = exc
+    if worker is not None:
+        # Agree before training: a worker that cannot start (e.g. --out exists without
+        # --force, only the chief checks) must stop the others, not leave them waiting
+        # in the first collective.
+        others_failed = feed.mean({"failed": 0.0 if error is None else 1.0})["failed"] > 0
+        if error is None and others_failed:
+            if run is not None and worker:
+                shutil.rmtree(run.path, ignore_errors=True)
+            raise UsageError(
+                "another worker could not start (its error is on its own terminal); "
+                "nothing was trained."
+            )
+    if error is not None:
+        raise error
+    assert run is not None
+    try:
+        result = _pretrain_run(
             run, home, worker, strategy, resolved, args, data, val, seed, batch, variant,
             resume=resume, force=force, jit=jit, checkpoint_every=checkpoint_every,
             ten_crop=ten_crop, register=register, name=name, progress=progress, t0=t0,
         )  # fmt: skip
+        if worker is not None:
+            feed.mean({})  # wait for the chief's final evaluation and writes
+        return result
     finally:
         if worker:
             shutil.rmtree(run.path, ignore_errors=True)

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-WNIDS = [f"n0{i:07d}" for i in range(5)]
+# 4 classes: top-5 is undefined (None), which the cross-worker metric mean must pass through.
+WNIDS = [f"n0{i:07d}" for i in range(4)]
 ARGS = [
     "pretrain",
     "--batch-size", "8",
@@ -66,7 +67,7 @@ def setup(tmp_path_factory):
     from conftest import write_class_images
 
     root = tmp_path_factory.mktemp("distpretrain")
-    write_class_images(root / "data" / "train", WNIDS, 8, size=(64, 56), fmt="JPEG")
+    write_class_images(root / "data" / "train", WNIDS, 10, size=(64, 56), fmt="JPEG")
     (root / "runner.py").write_text(RUNNER)
     (root / "tmp").mkdir()
     return root
@@ -102,6 +103,10 @@ def _finish(procs) -> list[dict]:
 
 
 def _multiworker(root: Path, out: str, epochs: int, *extra: str) -> list[dict]:
+    return _finish(_start_workers(root, out, epochs, *extra))
+
+
+def _start_workers(root: Path, out: str, epochs: int, *extra: str) -> list:
     ports = _ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     procs = [
@@ -117,7 +122,7 @@ def _multiworker(root: Path, out: str, epochs: int, *extra: str) -> list[dict]:
         )
         for i in range(2)
     ]
-    return _finish(procs)
+    return procs
 
 
 def _weights(path: Path) -> list[np.ndarray]:
@@ -150,7 +155,8 @@ def test_pretrain_multiworker_two_processes_matches_single_process_and_resumes(s
     assert chief["worker"] == 0 and other["worker"] == 1
     assert Path(chief["run_dir"]) == Path("mw") == Path(other["run_dir"])
     assert chief["weights_name"] and other["weights_name"] is None
-    assert other["metrics"] is None and chief["metrics"]["num_samples"] == 10
+    assert other["metrics"] is None and chief["metrics"]["num_samples"] == 8
+    assert chief["history"][0].get("val_top5") is None
     _assert_same_run(chief["history"], single["history"][:2])
     _assert_same_run(other["history"], single["history"][:2])
     run = setup / "mw"
@@ -161,6 +167,21 @@ def test_pretrain_multiworker_two_processes_matches_single_process_and_resumes(s
     assert list((setup / "tmp").iterdir()) == []
     entries = sorted(p.name for p in (setup / "home" / "weights").iterdir())
     assert "pretrain-original-mw" in entries and not any("worker" in e for e in entries)
+
+    # The same command again without --force: the chief refuses to overwrite --out and
+    # the other worker stops too instead of waiting for it forever.
+    procs = _start_workers(setup, "mw", 2)
+    errors = []
+    for proc in procs:
+        try:
+            _, err = proc.communicate(timeout=240)
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            pytest.fail("a worker hung after the chief refused to start")
+        errors.append((proc.returncode, err.decode().strip().splitlines()[-1]))
+    assert errors[0][0] == 4 and "--force" in errors[0][1]  # the chief's run-dir refusal
+    assert errors[1][0] == 2 and "another worker could not start" in errors[1][1]
 
     # Both workers resume from the chief's newest checkpoint (worker 1 reads it through
     # the shared filesystem) and finish epoch 3 exactly as the uninterrupted run did.
