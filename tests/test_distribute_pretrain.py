@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -70,7 +71,9 @@ def setup(tmp_path_factory):
     write_class_images(root / "data" / "train", WNIDS, 10, size=(64, 56), fmt="JPEG")
     (root / "runner.py").write_text(RUNNER)
     (root / "tmp").mkdir()
-    return root
+    yield root
+    # Four run dirs of a 61M-parameter model (checkpoints with optimizer state): ~4 GB.
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def _env(root: Path, **extra: str) -> dict:
