@@ -23,6 +23,7 @@ import csv
 import dataclasses
 import os
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -53,20 +54,54 @@ def batch_predictor(model: Any) -> Callable[[Any], np.ndarray]:
     return run
 
 
+# model -> {(layer, pool): (extractor, snapshot of the folded conv's source weights)}
+_EXTRACTORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_FOLDED = "_folded"
+
+
+def _folded_source(model: Any, extractor: Any) -> Any:
+    """The layer of ``model`` whose weights ``extractor`` folded (copied), or None."""
+    name = extractor.layers[1].name if len(extractor.layers) > 1 else ""
+    return model.get_layer(name[: -len(_FOLDED)]) if name.endswith(_FOLDED) else None
+
+
 def build_extractor(model: Any, layer: str = "fc7", pool: str = "none") -> Any:
-    """``model.feature_extractor`` with errors turned into one-line UsageErrors."""
+    """``model.feature_extractor`` with errors turned into one-line UsageErrors.
+
+    Extractors are cached per model, layer and pool, so repeated extractions from one
+    model (train/val/test sets) reuse the traced inference function (~70 ms each on
+    2 CPU cores). All weights are shared with the model except a folded first
+    convolution (a copy): it is compared with the model's on every call and the
+    extractor rebuilt if the model changed.
+    """
     from alexkit.model import feature_extractor
 
     if pool not in ("none", "avg"):
         raise UsageError(f"--pool must be 'avg' or 'none'; received {pool!r}.")
     try:
+        cache = _EXTRACTORS.setdefault(model, {})
+    except TypeError:  # not weak-referenceable: no caching
+        cache = {}
+    hit = cache.get((layer, pool))
+    if hit is not None:
+        extractor, snapshot = hit
+        source = _folded_source(model, extractor)
+        if source is None or all(
+            np.array_equal(a, b) for a, b in zip(snapshot, source.get_weights(), strict=True)
+        ):
+            return extractor
+    try:
         # Inference only: Preprocess folds into conv1 where exact (~5 % faster, original).
-        return feature_extractor(model, layer=layer, pool=pool, fold_preprocess=True)
+        extractor = feature_extractor(model, layer=layer, pool=pool, fold_preprocess=True)
     except ValueError as exc:
         names = [lyr.name for lyr in model.layers if lyr.name != "input_layer"]
         raise UsageError(
             f"--layer {layer!r} is not a layer of this model; choose one of: {', '.join(names)}."
         ) from exc
+    source = _folded_source(model, extractor)
+    snapshot = None if source is None else [np.array(w) for w in source.get_weights()]
+    cache[(layer, pool)] = (extractor, snapshot)
+    return extractor
 
 
 # --------------------------------------------------------------------------- writers

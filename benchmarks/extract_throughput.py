@@ -6,11 +6,11 @@ layout defined with ``torch.nn`` here — torchvision itself is not a dependency
 ``Dataset`` and ``DataLoader(num_workers=2)``), with the ratio ours / torch.
 
 Each measurement runs in its own subprocess (TensorFlow and PyTorch never share one),
-after a warm-up pass over one batch, so one-time process costs (autograph conversion,
-kernel and thread-pool set-up) are excluded on both sides. The timed alexkit call
-still builds its own extractor and tf.data pipeline, as every ``extract`` does
-(~0.18 s here: tracing the sub-model ~70 ms and the decode graph ~90 ms): ~6 % of a
-512-image run, ~2 % at 2048 images (``--n``), the scale the tool is for. Weights are random: throughput does not depend on their values. Both
+after a warm-up pass over one batch, so one-time costs (kernel and thread-pool set-up,
+tracing the extractor, which alexkit caches per model) are excluded on both sides.
+The timed alexkit call still builds its tf.data pipeline, as every ``extract`` does
+(~90 ms here): ~3 % of a 512-image run. A one-off ``alexkit extract`` also traces its
+extractor once (~70 ms more). Weights are random: throughput does not depend on their values. Both
 sides write CSV with the same formatter (alexkit's CSVWriter) so the comparison is
 about decoding + model + pipeline.
 

@@ -208,3 +208,40 @@ def test_peak_memory_is_flat_when_images_grow_tenfold(tmp_path):
     assert big["traced"] - small["traced"] < held_all / 8, (small, big)
     # Peak RSS after the 10N run exceeds the N run's by far less than the features.
     assert (big["rss_kib"] - small["rss_kib"]) * 1024 < held_all / 2, (small, big)
+
+
+@pytest.mark.parametrize("variant", ["original", "torchvision"])
+def test_extractors_are_reused_until_the_model_changes(variant):
+    """Repeated extractions reuse one traced extractor; changing the model's weights
+    (conv1, whose folded copy the original layout keeps, or any shared layer) is seen:
+    the output always equals the unfolded Keras sub-model's (the oracle)."""
+    import keras
+
+    from alexkit.extract import build_extractor
+    from alexkit.model import build_alexnet
+
+    model = build_alexnet(variant, num_classes=3, seed=1)
+    size = model.input.shape[1]
+    x = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype("float32")
+    oracle = keras.Model(model.input, model.get_layer("fc7").output)
+
+    def check(extractor):
+        want = np.asarray(oracle(x))
+        np.testing.assert_allclose(
+            extractor.predict_on_batch(x), want, rtol=1e-5, atol=1e-5 * np.abs(want).max()
+        )
+
+    first = build_extractor(model, "fc7")
+    assert build_extractor(model, "fc7") is first
+    assert build_extractor(model, "fc6") is not first
+    check(first)
+    conv1 = model.get_layer("conv1")
+    kernel, bias = conv1.get_weights()
+    conv1.set_weights([kernel * 1.5, bias + 0.1])
+    again = build_extractor(model, "fc7")
+    assert (again is first) == (variant == "torchvision")  # only a folded copy goes stale
+    check(again)
+    fc6 = model.get_layer("fc6")
+    fc6.set_weights([w * 0.5 for w in fc6.get_weights()])
+    assert build_extractor(model, "fc7") is again  # shared weights: nothing to rebuild
+    check(again)
