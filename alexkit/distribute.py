@@ -293,6 +293,15 @@ def distribute_dataset(
     return strategy.distribute_datasets_from_function(dataset_fn)
 
 
+def _local_first(strategy: Any, value: Any) -> Any:
+    """The first local replica's part of a per-replica value (anything else as is)."""
+    import tensorflow as tf
+
+    if isinstance(value, tf.distribute.DistributedValues):
+        return strategy.experimental_local_results(value)[0]
+    return value
+
+
 def enable_multiworker_fit(model: Any) -> Any:
     """Work around keras-team/keras#20585 so ``model.fit`` runs under multi-worker.
 
@@ -327,9 +336,7 @@ def enable_multiworker_fit(model: Any) -> Any:
     original = model._maybe_symbolic_build
 
     def local_first(value: Any) -> Any:
-        if isinstance(value, tf.distribute.DistributedValues):
-            return strategy.experimental_local_results(value)[0]
-        return value
+        return _local_first(strategy, value)
 
     def maybe_symbolic_build(iterator: Any = None, data_batch: Any = None) -> Any:
         if iterator is not None and data_batch is None:
@@ -381,14 +388,9 @@ def enable_distributed_batches(model: Any) -> Any:
     model._alexkit_replica_batches = True
     probe = model._maybe_symbolic_build
 
-    def local_first(value: Any) -> Any:
-        if isinstance(value, tf.distribute.DistributedValues):
-            return strategy.experimental_local_results(value)[0]
-        return value
-
     def maybe_symbolic_build(iterator: Any = None, data_batch: Any = None) -> Any:
         if data_batch is not None:
-            data_batch = tf.nest.map_structure(local_first, data_batch)
+            data_batch = tf.nest.map_structure(lambda v: _local_first(strategy, v), data_batch)
         return probe(iterator=iterator, data_batch=data_batch)
 
     model._maybe_symbolic_build = maybe_symbolic_build

@@ -1087,28 +1087,14 @@ def _make_dataset_fns(
     from alexkit.data import make_dataset
 
     def make_train(epoch: int, steps: int, shard: tuple[int, int] | None = None) -> Any:
-        if shard is not None:
-            # Distributed: this worker's slice of every full global batch.
-            ds = make_dataset(
-                plan.train,
-                training=True,
-                image_size=plan.image_size,
-                batch_size=plan.batch_size,
-                augment=plan.augment,
-                seed=seed * 1_000_003 + epoch,
-                shuffle=True,
-                grayscale=plan.grayscale,
-                shard=shard,
-            )
-            # Always exactly `steps` batches on every worker: an image that fails to
-            # decode is dropped on its worker only, and a worker one batch short would
-            # leave the others waiting in the gradient all-reduce. It borrows from the
-            # next pass instead.
-            return ds.repeat().take(steps)
         natural = max(1, math.ceil(plan.num_train / plan.batch_size))
         # More steps than one pass: repeat, with full batches only so that every step
         # sees batch_size images (the partial batch would otherwise recur each pass).
-        repeat = steps > natural
+        # Distributed (shard: this worker's slice of every full global batch): always
+        # repeat, so every worker yields exactly `steps` batches even when an image
+        # failed to decode on one worker only; otherwise that worker would run a step
+        # short and leave the others waiting in the gradient all-reduce.
+        repeat = shard is not None or steps > natural
         ds = make_dataset(
             plan.train,
             training=True,
@@ -1119,6 +1105,7 @@ def _make_dataset_fns(
             shuffle=True,
             grayscale=plan.grayscale,
             drop_remainder=repeat and plan.num_train >= plan.batch_size,
+            shard=shard,
         )
         if repeat:
             ds = ds.repeat()

@@ -50,3 +50,16 @@ def class_folder(tmp_path):
     root = tmp_path / "images"
     write_class_images(root, ["alpha", "beta", "gamma"], 12)
     return root
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` TCP ports free on 127.0.0.1 right now (for multi-worker test clusters)."""
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
 
 import numpy as np
 import pytest
+from conftest import free_ports
 
 pytest.importorskip("tensorflow")
 
@@ -86,16 +86,6 @@ WORKER = textwrap.dedent(
 )
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("dist")
@@ -148,7 +138,7 @@ def _wait(procs, timeout=240):
 @pytest.fixture(scope="module")
 def runs(setup):
     """All four processes at once (they mostly wait on imports and each other)."""
-    ports = _free_ports(2)
+    ports = free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     names = ["single", "mirrored", "worker0", "worker1"]
     procs = [_launch(setup, "single", setup / "single.npz")]

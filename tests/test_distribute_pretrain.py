@@ -14,13 +14,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import free_ports
 
 # 4 classes: top-5 is undefined (None), which the cross-worker metric mean must pass through.
 WNIDS = [f"n0{i:07d}" for i in range(4)]
@@ -51,16 +51,6 @@ from alexkit.cli import main
 sys.argv = ["alexkit", *sys.argv[2:]]
 main()
 """
-
-
-def _ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +100,7 @@ def _multiworker(root: Path, out: str, epochs: int, *extra: str) -> list[dict]:
 
 
 def _start_workers(root: Path, out: str, epochs: int, *extra: str) -> list:
-    ports = _ports(2)
+    ports = free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     procs = [
         _start(
