@@ -17,9 +17,13 @@ try:  # Typer >= 0.25 vendors click; older releases use the click package.
 except ImportError:  # pragma: no cover
     import click  # type: ignore[no-redef]
 
+# Typer 0.29's vendored click has no Abort of its own (Typer raises typer.Abort); older
+# Typer releases with the click package raise click's. Catch whichever exist.
+_ABORTS = tuple({typer.Abort, getattr(click, "Abort", typer.Abort)})
+
 from alexkit import __version__
 from alexkit.commands._common import STATE, err_console, setup_logging
-from alexkit.errors import EXIT_INTERRUPTED, EXIT_USAGE
+from alexkit.errors import EXIT_BUG, EXIT_INTERRUPTED, EXIT_USAGE
 
 
 class AlexkitGroup(TyperGroup):
@@ -37,9 +41,17 @@ class AlexkitGroup(TyperGroup):
         except click.ClickException as exc:
             _one_line(exc.format_message())
             sys.exit(exc.exit_code)
-        except click.Abort:
+        except (*_ABORTS, KeyboardInterrupt):
             _one_line("interrupted")
             sys.exit(EXIT_INTERRUPTED)
+        except Exception as exc:  # the last line of defence: a bug, in one line
+            if STATE.get("debug"):
+                raise
+            _one_line(
+                f"alexkit hit a bug: {type(exc).__name__}: {exc}; "
+                "rerun with --debug for the traceback"
+            )
+            sys.exit(EXIT_BUG)
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
@@ -95,13 +107,7 @@ def root(
 
 
 for _name in COMMAND_MODULES:
-    try:
-        _module = importlib.import_module(f"alexkit.commands.{_name}")
-    except ModuleNotFoundError as _exc:  # an area not built yet
-        if _exc.name != f"alexkit.commands.{_name}":
-            raise
-        continue
-    _module.register(app)
+    importlib.import_module(f"alexkit.commands.{_name}").register(app)
 
 
 def main() -> None:

@@ -60,6 +60,19 @@ class DataError(AlexkitError):
     kind = "data"
 
 
+class UnreadableImage(DataError):
+    """A file that cannot be decoded into an image; ``reason`` is a short phrase.
+
+    Raised by the image decoders and the media readers (clips, DICOM, volumes) alike,
+    so the data pipeline skips and counts every broken input the same way.
+    """
+
+    def __init__(self, reason: str, path: str = ""):
+        self.reason = reason
+        self.path = path
+        super().__init__(f"{path}: {reason}" if path else reason)
+
+
 class CheckpointError(AlexkitError):
     """A run directory or checkpoint that cannot be created, resumed or trusted."""
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from alexkit.errors import CheckpointError, DataError, UsageError
+from alexkit.metrics import average_precision, roc_auc, roc_curve
 
 log = logging.getLogger(__name__)
 
@@ -244,47 +245,6 @@ def compute_report(
     )
 
 
-def _binary_counts(positive: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Cumulative TP/FP counts at each distinct score, from the highest score down."""
-    order = np.argsort(-scores, kind="mergesort")
-    s = scores[order]
-    y = positive[order].astype(np.float64)
-    # The last index of every run of equal scores: one curve point per distinct threshold.
-    distinct = np.flatnonzero(np.diff(s)) if s.size > 1 else np.array([], dtype=int)
-    ends = np.r_[distinct, s.size - 1]
-    tps = np.cumsum(y)[ends]
-    fps = (ends + 1) - tps
-    return tps, fps, s[ends]
-
-
-def roc_curve(positive: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, ...]:
-    """ROC curve points (fpr, tpr, thresholds), starting at (0, 0) with threshold +inf.
-
-    Keeps every distinct threshold (scikit-learn's ``drop_intermediate=False``).
-    """
-    positive = np.asarray(positive, dtype=bool)
-    tps, fps, thr = _binary_counts(positive, np.asarray(scores, dtype=np.float64))
-    n_pos, n_neg = positive.sum(), (~positive).sum()
-    tpr = np.r_[0.0, tps / n_pos] if n_pos else np.r_[0.0, np.full(tps.shape, np.nan)]
-    fpr = np.r_[0.0, fps / n_neg] if n_neg else np.r_[0.0, np.full(fps.shape, np.nan)]
-    return fpr, tpr, np.r_[np.inf, thr]
-
-
-def roc_auc(positive: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC curve (trapezoids; ties count half, as in scikit-learn)."""
-    fpr, tpr, _ = roc_curve(positive, scores)
-    return float(np.trapezoid(tpr, fpr))
-
-
-def average_precision(positive: np.ndarray, scores: np.ndarray) -> float:
-    """PR AUC as average precision: sum over thresholds of (ΔR · P), scikit-learn's definition."""
-    positive = np.asarray(positive, dtype=bool)
-    tps, fps, _ = _binary_counts(positive, np.asarray(scores, dtype=np.float64))
-    precision = tps / (tps + fps)
-    recall = tps / positive.sum()
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
-
-
 # --------------------------------------------------------------------------- loading
 
 
@@ -476,7 +436,7 @@ def evaluate_model(
     else:
         spec = align_spec(spec_or_path, names)
 
-    from alexkit.extract import batch_predictor
+    from alexkit.inference import batch_predictor, predict_batches
 
     if skipped is None and hasattr(data_mod, "SkipLog"):
         skipped = data_mod.SkipLog()
@@ -490,28 +450,19 @@ def evaluate_model(
         with_paths=True,
         skipped=skipped,
     )
-    predict = batch_predictor(model)
-    all_probs, all_labels, all_paths = [], [], []
-    done = 0
-    for images, labels, items in dataset:
-        images = np.asarray(images)
-        if images.ndim == 5:  # ten-crop: average the softmax over the crops
-            b, k = images.shape[:2]
-            p = predict(images.reshape((b * k, *images.shape[2:])))
-            p = p.reshape((b, k, -1)).mean(axis=1)
-        else:
-            p = predict(images)
-        all_probs.append(p)
-        all_labels.append(np.asarray(labels))
-        all_paths.extend(_decode_str(s) for s in np.asarray(items))
-        done += len(p)
-        if progress is not None:
-            progress(done, len(spec))
-    if not all_probs:
+    all_paths: list[str] = []
+    labels, probs, _ = predict_batches(
+        dataset,
+        batch_predictor(model),
+        items=all_paths,
+        num_classes=len(names),
+        progress=None if progress is None else (lambda done: progress(done, len(spec))),
+    )
+    if not len(probs):
         raise DataError(f"{spec.root}: no readable images to evaluate.")
     report = compute_report(
-        np.concatenate(all_labels),
-        np.concatenate(all_probs),
+        labels,
+        probs,
         names,
         threshold=threshold,
         paths=all_paths,

@@ -186,7 +186,7 @@ def predict_images(
         ``Predictions`` (probabilities (N, C) in input order).
     """
     from alexkit import data as data_mod
-    from alexkit.extract import batch_predictor
+    from alexkit.inference import batch_predictor, predict_batches
 
     if batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1; received {batch_size}.")
@@ -209,17 +209,15 @@ def predict_images(
         with_paths=True,
         skipped=skipped,
     )
-    predict = batch_predictor(model)
     got_items: list[str] = []
-    probs: list[np.ndarray] = []
-    for images, _labels, batch_items in dataset:
-        probs.append(predict(images))
-        got_items.extend(
-            s.decode("utf-8") if isinstance(s, bytes) else str(s) for s in batch_items.numpy()
-        )
-        if progress is not None:
-            progress(len(got_items), len(items))
+    _, probs, done = predict_batches(
+        dataset,
+        batch_predictor(model),
+        items=got_items,
+        num_classes=len(names),
+        progress=None if progress is None else (lambda n: progress(n, len(items))),
+    )
     entries = [(str(p), str(r)) for p, r in (getattr(skipped, "entries", None) or [])]
-    if not probs:
+    if not done:
         raise DataError(f"none of the {len(items)} images could be read (first: {entries[:1]}).")
-    return Predictions(got_items, np.concatenate(probs), names, entries)
+    return Predictions(got_items, probs.astype(np.float32), names, entries)

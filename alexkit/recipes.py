@@ -40,7 +40,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-from alexkit.augment import AugmentConfig
+from alexkit.data.augment import AugmentConfig
 from alexkit.errors import DataError, RecipeError, UsageError
 
 __all__ = [

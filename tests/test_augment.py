@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from alexkit import augment
-from alexkit.augment import AugmentConfig
+from alexkit.data import augment
+from alexkit.data.augment import AugmentConfig
 from alexkit.errors import UsageError
 
 # Eigenvectors are the columns of this matrix (REFERENCE.md), RGB, pixels in [0, 1].

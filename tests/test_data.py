@@ -11,7 +11,8 @@ import pytest
 from conftest import write_class_images
 from PIL import Image
 
-from alexkit import augment, data, decode
+from alexkit import data
+from alexkit.data import augment, decode
 from alexkit.data import DatasetSpec, SkipLog, load_spec, make_dataset
 from alexkit.errors import DataError, UsageError
 
@@ -408,7 +409,7 @@ def test_media_items_expand_group_and_decode_through_the_pipeline(tmp_path, monk
     """The small coupling with alexkit.media: expand() at scan time, decode_member() per item."""
     from types import SimpleNamespace
 
-    from alexkit import decode
+    from alexkit.data import decode
 
     calls = []
 

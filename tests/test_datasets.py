@@ -113,7 +113,7 @@ def test_bad_arguments(alexkit_home):
 
 def test_alexkit_loader_reads_the_materialised_folder(sklearn_digits):
     from alexkit.data import load_spec
-    from alexkit.decode import decode_image
+    from alexkit.data.decode import decode_image
 
     images, targets = sklearn_digits
     root = materialize_digits(digits=[3, 8])

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexkit import decode
-from alexkit.decode import UnreadableImage, decode_image, sniff
+from alexkit.data import decode
+from alexkit.data.decode import UnreadableImage, decode_image, sniff
 from alexkit.errors import DataError
 
 BLOCKS = np.zeros((48, 64, 3), np.uint8)

@@ -570,7 +570,7 @@ def test_load_spec_splits_never_separate_a_clip_or_a_patient(tmp_path):
 
 
 def test_decode_image_dispatches_media_items(tmp_path):
-    from alexkit.decode import decode_image
+    from alexkit.data.decode import decode_image
 
     clip = write_clip(tmp_path / "c.mp4", solid_frames(COLOURS), codec="h264")
     item = expand(clip, MediaOptions(frames_per_clip=2))[1][0]

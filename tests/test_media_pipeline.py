@@ -283,7 +283,7 @@ def test_data_check_lists_broken_clips_and_truncated_volumes(tmp_path):
 
 
 def test_media_without_the_extra_is_one_line_with_the_pip_command(tmp_path, monkeypatch):
-    from alexkit.decode import decode_image
+    from alexkit.data.decode import decode_image
     from alexkit.errors import MissingExtraError
 
     root = tmp_path / "vols"

@@ -19,7 +19,7 @@ related items in one split: ``"clip:" + path``, ``"volume:" + path``,
 
 Reading needs the extras ``alexkit[video]`` (PyAV) and ``alexkit[medical]``
 (pydicom, nibabel, pylibjpeg decoders); without them a MissingExtraError names
-the install command. Broken inputs raise ``alexkit.decode.UnreadableImage``
+the install command. Broken inputs raise ``alexkit.errors.UnreadableImage``
 (a DataError) so callers skip and count them like broken images.
 """
 
@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from alexkit.errors import DataError, RecipeError, UsageError
-from alexkit.media._common import CACHE, UnreadableMedia, unreadable
+from alexkit.media._common import CACHE, unreadable
 from alexkit.media.dicom import DICOM_EXTENSIONS, is_dicom_series
 from alexkit.media.video import VIDEO_EXTENSIONS
 from alexkit.media.volume import NIFTI_EXTENSIONS
@@ -54,7 +54,6 @@ __all__ = [
     "aggregate_labels",
     "pool_frames",
     "clear_cache",
-    "UnreadableMedia",
 ]
 
 MEDIA_EXTENSIONS = frozenset(VIDEO_EXTENSIONS | DICOM_EXTENSIONS | NIFTI_EXTENSIONS)

@@ -10,33 +10,19 @@ from typing import Any
 
 import numpy as np
 
-from alexkit.errors import DataError
+from alexkit.errors import DataError, UnreadableImage
 
 # Default byte budget of the decoded-media cache; ALEXKIT_MEDIA_CACHE_MB overrides it.
 _DEFAULT_CACHE_MB = 512
 
 
-class UnreadableMedia(DataError):
-    """Fallback for ``alexkit.decode.UnreadableImage`` while that module is absent."""
-
-    def __init__(self, reason: str, path: str = ""):
-        self.reason = reason
-        self.path = path
-        super().__init__(f"{path}: {reason}" if path else reason)
-
-
 def unreadable(reason: str, path: str = "") -> DataError:
     """Return the error a broken clip/DICOM/volume raises (callers ``raise`` it).
 
-    ``reason`` is a short phrase without the path; ``str(err)`` is "path: reason".
-    It is ``alexkit.decode.UnreadableImage`` when that module exists, so data.py
-    skips and counts broken media exactly like broken images. Imported lazily:
-    decode.py imports this package lazily too.
+    ``reason`` is a short phrase without the path; ``str(err)`` is "path: reason". It is
+    :class:`alexkit.errors.UnreadableImage`, so the data pipeline skips and counts broken
+    media exactly like broken images.
     """
-    try:
-        from alexkit.decode import UnreadableImage
-    except ImportError:
-        return UnreadableMedia(reason, path)
     return UnreadableImage(reason, path)
 
 

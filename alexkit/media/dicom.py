@@ -231,7 +231,7 @@ def _decode_all_frames(path: str, options: Any) -> np.ndarray:
     if photometric not in {"MONOCHROME1", "MONOCHROME2", ""}:
         raise unreadable(f"DICOM photometric interpretation {photometric} not supported", path)
     values = modality_values(ds, arr)
-    window = _options_window(options) or file_window(ds)
+    window = options_window(options) or file_window(ds)
     gray = to_uint8(values, window)
     if _is_monochrome1(ds):
         # MONOCHROME1: the lowest value is white; flip so bright always means dense.
@@ -239,7 +239,7 @@ def _decode_all_frames(path: str, options: Any) -> np.ndarray:
     return gray
 
 
-def _options_window(options: Any) -> tuple[float, float] | None:
+def options_window(options: Any) -> tuple[float, float] | None:
     if options.window_center is None or options.window_width is None:
         return None
     return (float(options.window_center), float(options.window_width))
@@ -372,7 +372,7 @@ def load_series(folder: str, options: Any) -> tuple[np.ndarray, np.ndarray, bool
         raise unreadable(f"series slices have different sizes {sorted(shapes)}", folder)
     first = slices[0][3]
     volume = np.stack([s[2][::-1].T for s in slices], axis=2).astype(np.float32)
-    window = _options_window(options) or file_window(first)
+    window = options_window(options) or file_window(first)
     gray = to_uint8(volume, window)
     mono1 = _is_monochrome1(first)
     if mono1:

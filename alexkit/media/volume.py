@@ -29,7 +29,7 @@ from alexkit.media._common import (
     unreadable,
     window_member,
 )
-from alexkit.media.dicom import _options_window, load_series, series_group, to_uint8
+from alexkit.media.dicom import options_window, load_series, series_group, to_uint8
 
 NIFTI_EXTENSIONS = frozenset({".nii", ".nii.gz"})
 
@@ -98,7 +98,7 @@ def _load(path: str, options: Any) -> Volume:
         values, gray, _ = load_series(path, options)
     else:
         values = _read_nifti(path)
-        gray = to_uint8(values, _options_window(options))
+        gray = to_uint8(values, options_window(options))
     return Volume(gray=np.ascontiguousarray(gray), occupancy=_occupancy(values))
 
 

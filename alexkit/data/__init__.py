@@ -40,8 +40,8 @@ from typing import Any
 
 import numpy as np
 
-from alexkit import decode as _decode
-from alexkit.augment import AugmentConfig
+from alexkit.data import decode as _decode
+from alexkit.data.augment import AugmentConfig
 from alexkit.errors import DataError, MissingExtraError, UsageError
 
 log = logging.getLogger(__name__)
@@ -813,7 +813,7 @@ def split_spec(spec: DatasetSpec, val_fraction: float = 0.2, seed: int = 0) -> D
 
 
 def sniff_all(items: Sequence[str], workers: int | None = None) -> list[_decode.Sniff]:
-    """:func:`alexkit.decode.sniff` over many files on a thread pool (I/O bound)."""
+    """:func:`alexkit.data.decode.sniff` over many files on a thread pool (I/O bound)."""
     limit = _decode.max_pixels()
     if len(items) < 64:
         return [_decode.sniff(i, limit) for i in items]
@@ -987,7 +987,7 @@ class _Pipeline:
         """Decoded uint8 image → (float32 output, per-image lighting shift for finish)."""
         import tensorflow as tf
 
-        from alexkit import augment as aug
+        from alexkit.data import augment as aug
 
         a = self.augment
         if self.training:
@@ -1004,7 +1004,7 @@ class _Pipeline:
         """JPEG bytes → like :meth:`transform`, decoding only the crop window."""
         import tensorflow as tf
 
-        from alexkit import augment as aug
+        from alexkit.data import augment as aug
 
         a = self.augment
         if not self.training and self.tta == "ten-crop":
@@ -1034,7 +1034,7 @@ class _Pipeline:
 def _cache_resize(image, shorter: int):
     import tensorflow as tf
 
-    from alexkit.augment import resize_shorter
+    from alexkit.data.augment import resize_shorter
 
     shape = tf.shape(image)
     small = tf.minimum(shape[0], shape[1]) <= shorter

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from alexkit.errors import DataError, MissingExtraError
+from alexkit.errors import DataError, MissingExtraError, UnreadableImage
 
 # Pillow's own default: 89.5 Mpx (~ a 1024 MiB RGBA image). Override with $ALEXKIT_MAX_PIXELS.
 DEFAULT_MAX_PIXELS = 89_478_485
@@ -51,15 +51,6 @@ ROUTE_PILLOW = 3  # decode_image() in a py_function (Pillow or alexkit.media)
 ROUTE_JPEG_EXIF = 4  # tf.io.decode_jpeg, then the EXIF orientation (2..8) in the graph
 
 _TAIL_BYTES = 4096
-
-
-class UnreadableImage(DataError):
-    """A file that cannot be decoded into an image; ``reason`` is a short phrase."""
-
-    def __init__(self, reason: str, path: str = ""):
-        self.reason = reason
-        self.path = path
-        super().__init__(f"{path}: {reason}" if path else reason)
 
 
 @dataclass(frozen=True)

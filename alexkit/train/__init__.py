@@ -46,16 +46,14 @@ from alexkit.errors import (
     UsageError,
     WeightsError,
 )
-from alexkit.recipes import METRICS as _RECIPE_METRICS
+from alexkit.inference import predict_batches
+from alexkit.metrics import KNOWN_METRICS, compute_val_metrics
 from alexkit.runs import CheckpointManager, RunDir
 
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[dict[str, Any]], None]
 
-#: Metrics a recipe may ask for (validation; ``val_`` prefix in history.csv): the
-#: recipe format's own list, so the two can never disagree, plus the loss.
-KNOWN_METRICS = ("loss", *_RECIPE_METRICS)
 OPTIMIZERS = ("paper_sgd", "sgd", "adam")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
@@ -232,85 +230,6 @@ def _better(value: float | None, best: float | None, mode: str) -> bool:
     if best is None:
         return True
     return value < best if mode == "min" else value > best
-
-
-def compute_val_metrics(
-    y_true: np.ndarray, probs: np.ndarray, wanted: Sequence[str] = ("loss", "accuracy")
-) -> dict[str, float | None]:
-    """Validation metrics from labels and class probabilities (numpy + scikit-learn).
-
-    Binary tasks compute AUC/precision/recall/sensitivity/specificity for class 1
-    (``P(class 1)`` for AUC, argmax for the others); multi-class tasks use macro averages
-    and one-vs-rest AUC.
-
-    Args:
-        y_true: labels (N,).
-        probs: probabilities (N, C).
-        wanted: metric names from :data:`KNOWN_METRICS` (loss and accuracy are always in).
-
-    Returns:
-        ``{name: value}``; None where a metric is undefined (e.g. AUC with one class).
-    """
-    y = np.asarray(y_true).astype(np.int64).reshape(-1)
-    p = np.asarray(probs, dtype=np.float64)
-    n, c = p.shape
-    out: dict[str, float | None] = {}
-    picked = np.clip(p[np.arange(n), y], 1e-12, 1.0)
-    out["loss"] = float(-np.mean(np.log(picked))) if n else None
-    pred = p.argmax(axis=1)
-    out["accuracy"] = float(np.mean(pred == y)) if n else None
-    wanted = set(wanted)
-    if "top5" in wanted or c >= 5:
-        if c >= 5 and n:
-            top5 = np.argsort(-p, axis=1)[:, :5]
-            out["top5"] = float(np.mean(np.any(top5 == y[:, None], axis=1)))
-        else:
-            out["top5"] = None
-    extra = wanted & {"auc", "pr_auc", "precision", "recall", "sensitivity", "specificity", "f1"}
-    if not extra or not n:
-        return out
-    from sklearn import metrics as skm
-
-    present = np.unique(y)
-    if c == 2:
-        tp = int(np.sum((pred == 1) & (y == 1)))
-        tn = int(np.sum((pred == 0) & (y == 0)))
-        fp = int(np.sum((pred == 1) & (y == 0)))
-        fn = int(np.sum((pred == 0) & (y == 1)))
-        both = present.size == 2
-        out["auc"] = float(skm.roc_auc_score(y, p[:, 1])) if both else None
-        out["pr_auc"] = float(skm.average_precision_score(y, p[:, 1])) if both else None
-        out["precision"] = tp / (tp + fp) if tp + fp else 0.0
-        out["recall"] = out["sensitivity"] = tp / (tp + fn) if tp + fn else None
-        out["specificity"] = tn / (tn + fp) if tn + fp else None
-        out["f1"] = float(skm.f1_score(y, pred, zero_division=0))
-    else:
-        labels = list(range(c))
-        out["precision"] = float(
-            skm.precision_score(y, pred, labels=labels, average="macro", zero_division=0)
-        )
-        out["recall"] = out["sensitivity"] = float(
-            skm.recall_score(y, pred, labels=labels, average="macro", zero_division=0)
-        )
-        out["f1"] = float(skm.f1_score(y, pred, labels=labels, average="macro", zero_division=0))
-        specs = []
-        for k in range(c):
-            neg = y != k
-            if neg.any():
-                specs.append(float(np.mean(pred[neg] != k)))
-        out["specificity"] = float(np.mean(specs)) if specs else None
-        if present.size == c:
-            out["auc"] = float(
-                skm.roc_auc_score(y, p / p.sum(axis=1, keepdims=True), multi_class="ovr")
-            )
-        else:
-            out["auc"] = None
-        pr = []
-        for k in range(c):
-            if (y == k).any():
-                pr.append(float(skm.average_precision_score(y == k, p[:, k])))
-        out["pr_auc"] = float(np.mean(pr)) if pr else None
-    return {k: v for k, v in out.items() if k in wanted or k in ("loss", "accuracy", "top5")}
 
 
 # --------------------------------------------------------------------------- data
@@ -857,26 +776,10 @@ class _Engine:
         When the batches carry item strings and ``items`` is a list, they are appended
         to it (for clip/volume-level metrics).
         """
-        labels, probs = [], []
-        for batch in dataset:
-            x, y = batch[0], batch[1]
-            if items is not None and len(batch) > 2:
-                items.extend(
-                    s.decode("utf-8") if isinstance(s, bytes) else str(s)
-                    for s in np.asarray(batch[2]).tolist()
-                )
-            x = np.asarray(x)
-            if x.ndim == 5:  # ten-crop: average the softmax over the crops
-                b, k = x.shape[:2]
-                p = self._forward(x.reshape((b * k,) + x.shape[2:]))
-                p = p.reshape(b, k, -1).mean(axis=1)
-            else:
-                p = self._forward(x)
-            probs.append(p.astype(np.float64))
-            labels.append(np.asarray(y))
-        if not probs:
-            return np.zeros((0,), np.int64), np.zeros((0, len(self.data.class_names)))
-        return np.concatenate(labels), np.concatenate(probs)
+        y, p, _ = predict_batches(
+            dataset, self._forward, items=items, num_classes=len(self.data.class_names)
+        )
+        return y, p
 
     def validate(self) -> dict[str, Any]:
         if self.make_val is None:
@@ -1818,7 +1721,7 @@ def _pretrain_data(
     dict[str, Any],
 ]:
     """Folders, ImageNet layout or TFRecord shards, all through :func:`alexkit.data.load_spec`."""
-    from alexkit.augment import AugmentConfig
+    from alexkit.data.augment import AugmentConfig
 
     augment = AugmentConfig()  # the paper's: resize 256, random 227 crop, flip, PCA lighting
     class_names = saved.get("class_names") if saved else None
