@@ -17,13 +17,13 @@ try:  # Typer >= 0.25 vendors click; older releases use the click package.
 except ImportError:  # pragma: no cover
     import click  # type: ignore[no-redef]
 
-# Typer 0.29's vendored click has no Abort of its own (Typer raises typer.Abort); older
-# Typer releases with the click package raise click's. Catch whichever exist.
-_ABORTS = tuple({typer.Abort, getattr(click, "Abort", typer.Abort)})
-
 from alexkit import __version__
 from alexkit.commands._common import STATE, err_console, setup_logging
 from alexkit.errors import EXIT_BUG, EXIT_INTERRUPTED, EXIT_USAGE
+
+# Typer 0.29's vendored click has no Abort of its own (Typer raises typer.Abort); older
+# Typer releases with the click package raise click's. Catch whichever exist.
+_ABORTS = tuple({typer.Abort, getattr(click, "Abort", typer.Abort)})
 
 
 class AlexkitGroup(TyperGroup):

@@ -12,8 +12,7 @@ from conftest import write_class_images
 from PIL import Image
 
 from alexkit import data
-from alexkit.data import augment, decode
-from alexkit.data import DatasetSpec, SkipLog, load_spec, make_dataset
+from alexkit.data import DatasetSpec, SkipLog, augment, decode, load_spec, make_dataset
 from alexkit.errors import DataError, UsageError
 
 

@@ -29,7 +29,7 @@ from alexkit.media._common import (
     unreadable,
     window_member,
 )
-from alexkit.media.dicom import options_window, load_series, series_group, to_uint8
+from alexkit.media.dicom import load_series, options_window, series_group, to_uint8
 
 NIFTI_EXTENSIONS = frozenset({".nii", ".nii.gz"})
 
