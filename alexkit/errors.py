@@ -95,3 +95,19 @@ class Interrupted(AlexkitError):
 
     exit_code = EXIT_INTERRUPTED
     kind = "interrupted"
+
+
+def one_line(exc: BaseException, *, typed: bool = False, limit: int = 160) -> str:
+    """An exception as one short line: its first line of text (or its type's name).
+
+    Args:
+        exc: the exception.
+        typed: prefix the type's name (``"OSError: ..."``), for third-party errors whose
+            message alone does not say what went wrong.
+        limit: at most this many characters of the message.
+    """
+    lines = str(exc).strip().splitlines()
+    text = lines[0][:limit] if lines else ""
+    if not text:
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if typed else text

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from alexkit.errors import CheckpointError, DataError, UsageError
+from alexkit.errors import CheckpointError, DataError, UsageError, one_line
 from alexkit.metrics import average_precision, roc_auc, roc_curve
 
 log = logging.getLogger(__name__)
@@ -292,7 +292,7 @@ def load_trained(path: str | Path) -> tuple[Any, list[str], dict[str, Any]]:
     try:
         model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
     except Exception as exc:  # keras raises many kinds for a bad archive
-        raise CheckpointError(f"cannot load {model_path}: {str(exc).splitlines()[0]}") from exc
+        raise CheckpointError(f"cannot load {model_path}: {one_line(exc, limit=10_000)}") from exc
 
     num_outputs = int(model.output_shape[-1])
     names = config.get("class_names")
@@ -438,7 +438,7 @@ def evaluate_model(
 
     from alexkit.inference import batch_predictor, predict_batches
 
-    if skipped is None and hasattr(data_mod, "SkipLog"):
+    if skipped is None:
         skipped = data_mod.SkipLog()
     dataset = data_mod.make_dataset(
         spec,

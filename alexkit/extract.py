@@ -468,7 +468,7 @@ def extract_features(
     extractor = build_extractor(model, layer, pool)
     if image_size is None:
         image_size = int(model.input_shape[1] or 227)
-    if skipped is None and hasattr(data_mod, "SkipLog"):
+    if skipped is None:
         skipped = data_mod.SkipLog()
     names = list(spec.class_names)
     total = len(spec)

@@ -10,16 +10,13 @@ from typing import Any
 
 import numpy as np
 
+from alexkit.data.decode import IMAGE_EXTENSIONS
 from alexkit.errors import DataError, UsageError
-
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
 def _media_extensions() -> set[str]:
-    try:
-        from alexkit.media import MEDIA_EXTENSIONS
-    except ImportError:
-        return set()
+    from alexkit.media import MEDIA_EXTENSIONS
+
     return set(MEDIA_EXTENSIONS)
 
 
@@ -193,7 +190,7 @@ def predict_images(
     names = [str(c) for c in class_names]
     if len(names) != int(model.output_shape[-1]):
         raise UsageError(f"{len(names)} class names for a model with {model.output_shape[-1]}.")
-    if skipped is None and hasattr(data_mod, "SkipLog"):
+    if skipped is None:
         skipped = data_mod.SkipLog()
     broken: list[tuple[str, str]] = []
     items = collect_images(inputs, media_options, broken)

@@ -55,7 +55,7 @@ from typing import Any
 
 import numpy as np
 
-from alexkit.errors import MissingExtraError, WeightsError
+from alexkit.errors import MissingExtraError, WeightsError, one_line
 from alexkit.paths import alexkit_home
 
 logger = logging.getLogger(__name__)
@@ -426,7 +426,9 @@ def load_weights_model(spec: str, variant: str) -> Any:
         else:
             model = keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:  # Keras raises many kinds; all mean "not loadable".
-        raise WeightsError(f"{path}: cannot load as an alexkit model: {_one_line(exc)}") from exc
+        raise WeightsError(
+            f"{path}: cannot load as an alexkit model: {one_line(exc, typed=True)}"
+        ) from exc
     size = VARIANTS[variant]["image_size"]
     shape = tuple(model.input_shape[1:3])
     if shape != (size, size) and shape != (None, None):
@@ -438,11 +440,6 @@ def load_weights_model(spec: str, variant: str) -> Any:
 
 
 # --------------------------------------------------------------------------- reading files
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -572,7 +569,9 @@ def load_pickled_arrays(path: str | os.PathLike) -> Any:
     except WeightsError:
         raise
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, OSError) as exc:
-        raise WeightsError(f"{path}: truncated or not a weights pickle ({_one_line(exc)})") from exc
+        raise WeightsError(
+            f"{path}: truncated or not a weights pickle ({one_line(exc, typed=True)})"
+        ) from exc
     if isinstance(obj, np.ndarray) and obj.dtype.hasobject and obj.shape == ():
         obj = obj.item()
     return obj
@@ -639,11 +638,11 @@ def load_torchvision_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray
     except pickle.UnpicklingError as exc:
         raise WeightsError(
             f"{path}: refused by torch.load(weights_only=True): it holds more than tensors "
-            f"(it may be malicious; nothing was executed): {_one_line(exc)}"
+            f"(it may be malicious; nothing was executed): {one_line(exc, typed=True)}"
         ) from None
     except Exception as exc:  # torch raises RuntimeError, EOFError, zipfile errors...
         raise WeightsError(
-            f"{path}: truncated or not a PyTorch state_dict ({_one_line(exc)})"
+            f"{path}: truncated or not a PyTorch state_dict ({one_line(exc, typed=True)})"
         ) from None
     if isinstance(state, dict):
         for key in ("state_dict", "model"):

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 
-from alexkit.errors import EXIT_INTERRUPTED, AlexkitError
+from alexkit.errors import EXIT_INTERRUPTED, AlexkitError, one_line
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -68,7 +68,7 @@ def guarded(func: F | None = None, *, light: bool = False) -> Any:
         except AlexkitError as exc:
             if STATE["debug"]:
                 raise
-            message = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+            message = one_line(exc, limit=10_000)
             raise fail(_escape(message), exc.exit_code) from None
         except KeyboardInterrupt:
             if STATE["debug"]:

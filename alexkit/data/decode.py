@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from alexkit.errors import DataError, MissingExtraError, UnreadableImage
+from alexkit.errors import DataError, MissingExtraError, UnreadableImage, one_line
 
 # Pillow's own default: 89.5 Mpx (~ a 1024 MiB RGBA image). Override with $ALEXKIT_MAX_PIXELS.
 DEFAULT_MAX_PIXELS = 89_478_485
@@ -212,7 +212,7 @@ def _sniff_pillow(fh, fmt: str) -> Sniff:
         with Image.open(fh) as img:
             width, height = img.size
     except Exception as exc:  # Pillow raises many kinds for bad headers
-        return Sniff(ROUTE_SKIP, fmt, reason=f"corrupt {fmt} header ({_short(exc)})")
+        return Sniff(ROUTE_SKIP, fmt, reason=f"corrupt {fmt} header ({one_line(exc, limit=120)})")
     return Sniff(ROUTE_PILLOW, fmt, width, height)
 
 
@@ -291,11 +291,6 @@ def _exif_orientation(tiff: bytes) -> int:
     return 1
 
 
-def _short(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text[:120]
-
-
 def scale_16bit(pixels: np.ndarray) -> np.ndarray:
     """Scale 16-bit samples to uint8 by the image's actual bit range (see module doc)."""
     top = int(pixels.max()) if pixels.size else 0
@@ -361,9 +356,9 @@ def decode_image(
             img = ImageOps.exif_transpose(img) if info.format in ("JPEG", "WEBP", "TIFF") else img
             return to_rgb(img)
     except Image.DecompressionBombError as exc:
-        raise UnreadableImage(f"too large ({_short(exc)})", item) from None
+        raise UnreadableImage(f"too large ({one_line(exc, limit=120)})", item) from None
     except (OSError, ValueError, SyntaxError, struct.error, IndexError) as exc:
-        text = _short(exc)
+        text = one_line(exc, limit=120)
         reason = "truncated image" if "truncated" in text.lower() else f"corrupt {info.format}"
         raise UnreadableImage(f"{reason} ({text})", item) from None
 
@@ -383,7 +378,7 @@ def _decode_png16(path: str) -> np.ndarray:
     try:
         data = tf.io.decode_png(tf.io.read_file(path), channels=3, dtype=tf.uint16).numpy()
     except Exception as exc:  # tf.errors.InvalidArgumentError
-        raise UnreadableImage(f"corrupt PNG ({_short(exc)})", path) from None
+        raise UnreadableImage(f"corrupt PNG ({one_line(exc, limit=120)})", path) from None
     return scale_16bit(data)
 
 
@@ -397,9 +392,11 @@ def _decode_media(item: str, options: object = None) -> np.ndarray:
         raise  # not this file's fault: the one-line message names the pip command
     except DataError as exc:
         # The reader's own reason, whole: it may name a missing decoder's pip command.
-        raise UnreadableImage(getattr(exc, "reason", None) or _short(exc), item) from None
+        raise UnreadableImage(
+            getattr(exc, "reason", None) or one_line(exc, limit=120), item
+        ) from None
     except Exception as exc:  # media decoders (av, pydicom, nibabel) raise many kinds
-        raise UnreadableImage(f"cannot decode media ({_short(exc)})", item) from None
+        raise UnreadableImage(f"cannot decode media ({one_line(exc, limit=120)})", item) from None
     arr = np.asarray(arr)
     if arr.ndim == 2:
         arr = np.repeat(arr[:, :, None], 3, axis=2)
@@ -417,4 +414,4 @@ def decode_bytes(data: bytes) -> np.ndarray:
             img.load()
             return to_rgb(img)
     except (OSError, ValueError, SyntaxError, struct.error, IndexError) as exc:
-        raise UnreadableImage(f"corrupt image bytes ({_short(exc)})") from None
+        raise UnreadableImage(f"corrupt image bytes ({one_line(exc, limit=120)})") from None

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from alexkit.errors import DataError, MissingExtraError
+from alexkit.errors import DataError, MissingExtraError, one_line
 from alexkit.media._common import CACHE, file_key, unreadable
 
 if TYPE_CHECKING:
@@ -77,7 +77,7 @@ def _probe(path: str) -> ClipInfo:
     except (MissingExtraError, DataError):
         raise
     except Exception as exc:
-        raise unreadable(f"cannot read video ({_brief(exc)})", path) from exc
+        raise unreadable(f"cannot read video ({one_line(exc, typed=True)})", path) from exc
     if not stamps:
         raise unreadable("the clip has no video frames", path)
     pts = np.unique(np.asarray(stamps, dtype=np.int64))
@@ -112,11 +112,6 @@ def sample_frames(info: ClipInfo, options: MediaOptions) -> list[int]:
             return list(range(n))
         idx = np.floor((np.arange(k) + 0.5) * n / k).astype(np.int64)
     return sorted({int(i) for i in np.clip(idx, 0, n - 1)})
-
-
-def _brief(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{type(exc).__name__}: {text[:160]}" if text else type(exc).__name__
 
 
 def _upright(frame: Any) -> np.ndarray:
@@ -164,7 +159,7 @@ def _decode(path: str, info: ClipInfo, indices: list[int]) -> dict[int, np.ndarr
     except (MissingExtraError, DataError):
         raise
     except Exception as exc:
-        raise unreadable(f"cannot decode video ({_brief(exc)})", path) from exc
+        raise unreadable(f"cannot decode video ({one_line(exc, typed=True)})", path) from exc
     return out
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from alexkit.errors import DataError, MissingExtraError
+from alexkit.errors import DataError, MissingExtraError, one_line
 from alexkit.media._common import (
     CACHE,
     file_key,
@@ -79,8 +79,7 @@ def _read_nifti(path: str) -> np.ndarray:
     except (MissingExtraError, DataError):
         raise
     except Exception as exc:
-        text = str(exc).splitlines()[0][:160] if str(exc) else ""
-        detail = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+        detail = one_line(exc, typed=True)
         raise unreadable(f"cannot read NIfTI volume ({detail}; truncated?)", path) from exc
     if values.ndim == 4:
         values = values[..., 0]
