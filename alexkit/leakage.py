@@ -1,0 +1,235 @@
+"""Leakage guard: were any evaluation images (byte for byte) or groups seen in training?
+
+A run records ``data-hashes.json`` (:func:`record_hashes` + :func:`save_hashes`): the
+SHA-256 of every training and validation item's file bytes and the group ids (patient,
+clip, series) of each split. ``evaluate`` hashes the evaluated items the same way and
+:func:`check_leakage` counts the overlaps.
+
+An item's hash is the SHA-256 of its file's bytes; a frame/slice item ``path#member`` of
+a clip, DICOM file or volume hashes ``<file digest>#<member>``, so the same frame of the
+same file matches wherever the file lies; a DICOM series folder's digest covers its
+files' names and bytes. Renamed or moved copies are caught; re-encoded or resized
+copies are not (that needs perceptual hashing, which this does not claim).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from alexkit.errors import CheckpointError
+
+#: The file a run keeps its training/validation hashes in.
+HASHES_FILE = "data-hashes.json"
+FORMAT = "alexkit-data-hashes/1"
+_CHUNK = 1 << 20
+
+
+def _file_digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(_CHUNK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _source_digest(source: str) -> str:
+    if os.path.isdir(source):  # a DICOM series: names and bytes of its files
+        h = hashlib.sha256()
+        for root, dirs, files in os.walk(source):
+            dirs.sort()
+            for name in sorted(files):
+                full = os.path.join(root, name)
+                rel = os.path.relpath(full, source)
+                h.update(f"{rel}\0{_file_digest(full)}\n".encode())
+        return h.hexdigest()
+    return _file_digest(source)
+
+
+def hash_items(items: Sequence[str], *, workers: int = 4) -> list[str | None]:
+    """SHA-256 per item (see the module docstring); None for files that cannot be read.
+
+    Each source file is read once however many frames/slices it gives.
+    """
+    from alexkit.media import parse_item
+
+    split = [_split_item(str(item), parse_item) for item in items]
+    sources = sorted({s for s, _ in split})
+
+    def digest(source: str) -> str | None:
+        try:
+            return _source_digest(source)
+        except OSError:
+            return None
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        digests = dict(zip(sources, pool.map(digest, sources), strict=True))
+    out: list[str | None] = []
+    for source, member in split:
+        d = digests[source]
+        if d is None or not member:
+            out.append(d)
+        else:
+            out.append(hashlib.sha256(f"{d}#{member}".encode()).hexdigest())
+    return out
+
+
+def _split_item(item: str, parse_item: Any) -> tuple[str, str]:
+    source, fields = parse_item(item)
+    return (source, item[len(source) + 1 :]) if fields else (item, "")
+
+
+def record_hashes(spec: Any, splits: Iterable[str] = ("train", "val")) -> dict[str, Any]:
+    """Content hashes and group ids of a run's training (and validation) items.
+
+    Args:
+        spec: the ``DatasetSpec`` the run trained on, already split; items of unsplit
+            specs (split ``""``) count as ``train``.
+        splits: the splits to record.
+
+    Returns:
+        The ``data-hashes.json`` document: ``{"format", "algorithm", "splits": {split:
+        {"items", "unreadable", "hashes": [sorted unique], "groups": [sorted unique]}}}``;
+        for TFRecord data (items are shards) ``"splits"`` is empty and ``"skipped"`` says why.
+    """
+    doc: dict[str, Any] = {
+        "format": FORMAT,
+        "algorithm": "sha256 of file bytes; frame/slice items: sha256('<file sha256>#<member>')",
+        "root": str(getattr(spec, "root", "")),
+        "splits": {},
+    }
+    if getattr(spec, "is_tfrecord", False):
+        doc["skipped"] = "TFRecord shards hold many images each; items were not hashed"
+        return doc
+    wanted = list(splits)
+    for split in wanted:
+        index = [
+            i
+            for i, s in enumerate(spec.splits)
+            if s == split or (split == "train" and s == "" and "train" in wanted)
+        ]
+        if not index:
+            continue
+        hashes = hash_items([spec.items[i] for i in index])
+        groups = {spec.groups[i] for i in index if spec.groups[i]}
+        doc["splits"][split] = {
+            "items": len(index),
+            "unreadable": sum(h is None for h in hashes),
+            "hashes": sorted({h for h in hashes if h}),
+            "groups": sorted(groups),
+        }
+    return doc
+
+
+def save_hashes(run_dir: str | Path, doc: dict[str, Any]) -> Path:
+    """Write ``run_dir/data-hashes.json`` atomically."""
+    from alexkit.paths import atomic_write_text
+
+    path = Path(run_dir) / HASHES_FILE
+    atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
+    return path
+
+
+def load_hashes(run_dir: str | Path) -> dict[str, Any] | None:
+    """``run_dir/data-hashes.json``, or None when the run has none.
+
+    Raises:
+        CheckpointError: the file is not a hashes document.
+    """
+    path = Path(run_dir) / HASHES_FILE
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON ({exc}).") from exc
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an alexkit data-hashes file (format {FORMAT}).")
+    return doc
+
+
+def check_leakage(
+    items: Sequence[str],
+    groups: Sequence[str] | None,
+    recorded: dict[str, Any],
+    *,
+    hashes: Sequence[str | None] | None = None,
+    max_examples: int = 10,
+) -> dict[str, Any]:
+    """Count evaluation items and groups that the run saw in training or validation.
+
+    Args:
+        items: evaluated item strings.
+        groups: their group ids ("" for none), or None.
+        recorded: a :func:`record_hashes` document.
+        hashes: the items' hashes when already computed (else :func:`hash_items`).
+        max_examples: how many leaked item paths to list.
+
+    Returns:
+        ``metrics.json``'s ``"leakage"``: ``checked``, ``unreadable``, ``duplicates``
+        ``{split: n}``, ``duplicate_items`` (evaluated items found in any split),
+        ``shared_groups`` ``{split: n}``, ``shared_group_items`` (evaluated items whose
+        group was in any split), ``examples`` and ``leaked`` (True when any count > 0).
+    """
+    hashes = list(hashes) if hashes is not None else hash_items(items)
+    seen = {s: set(v.get("hashes", ())) for s, v in recorded.get("splits", {}).items()}
+    seen_groups = {s: set(v.get("groups", ())) for s, v in recorded.get("splits", {}).items()}
+    groups = list(groups) if groups is not None else [""] * len(items)
+    dup_by_split = {s: 0 for s in seen}
+    group_by_split = {s: set() for s in seen}
+    dup_items = 0
+    group_items = 0
+    examples: list[str] = []
+    for item, h, g in zip(items, hashes, groups, strict=True):
+        hit = False
+        for s, pool in seen.items():
+            if h is not None and h in pool:
+                dup_by_split[s] += 1
+                hit = True
+        if hit:
+            dup_items += 1
+            if len(examples) < max_examples:
+                examples.append(str(item))
+        shared = False
+        for s, pool in seen_groups.items():
+            if g and g in pool:
+                group_by_split[s].add(g)
+                shared = True
+        group_items += shared
+    out: dict[str, Any] = {
+        "file": HASHES_FILE,
+        "checked": len(items),
+        "unreadable": sum(h is None for h in hashes),
+        "duplicates": dup_by_split,
+        "duplicate_items": dup_items,
+        "shared_groups": {s: len(v) for s, v in group_by_split.items()},
+        "shared_group_items": group_items,
+        "examples": examples,
+    }
+    if "skipped" in recorded:
+        out["skipped"] = recorded["skipped"]
+    out["leaked"] = bool(dup_items or group_items)
+    return out
+
+
+def leakage_message(leak: dict[str, Any]) -> str:
+    """One line for the terminal: what leaked, from which split."""
+    parts = []
+    if leak.get("duplicate_items"):
+        where = ", ".join(f"{n} in {s}" for s, n in leak["duplicates"].items() if n)
+        parts.append(
+            f"{leak['duplicate_items']} of {leak['checked']} evaluation items are "
+            f"byte-identical to training/validation items ({where})"
+        )
+    if leak.get("shared_group_items"):
+        where = ", ".join(f"{n} in {s}" for s, n in leak["shared_groups"].items() if n)
+        parts.append(
+            f"{leak['shared_group_items']} evaluation items belong to groups the run "
+            f"trained or validated on (groups: {where})"
+        )
+    return "; ".join(parts)
