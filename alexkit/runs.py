@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from alexkit.errors import CheckpointError
-from alexkit.paths import atomic_write_text
+from alexkit.paths import atomic_write_text, write_errno, write_failure
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +100,15 @@ class RunDir:
                     f"{run.path} already exists and is not empty; pass --resume to continue "
                     "that run or --force to overwrite it."
                 )
-            shutil.rmtree(run.path)
-        run.path.mkdir(parents=True, exist_ok=True)
+        try:
+            if non_empty:
+                shutil.rmtree(run.path)
+            run.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            code = write_errno(exc)
+            if code is None:
+                raise
+            raise write_failure(run.path, code, what="create run directory") from exc
         return run
 
     def read_config(self) -> dict[str, Any]:
@@ -226,23 +233,32 @@ class CheckpointManager:
         Returns:
             The checkpoint folder.
         """
-        self.directory.mkdir(parents=True, exist_ok=True)
         name = f"ckpt-{int(state['global_step']):09d}"
         final = self.directory / name
         tmp = self.directory / f".tmp-{name}-{os.getpid()}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-        _save_arrays(tmp / "model.npz", model_arrays)
-        _save_arrays(tmp / "optimizer.npz", optimizer_arrays)
         payload = json.dumps(state, default=_json_default)
-        with open(tmp / "state.json", "w", encoding="utf-8") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if final.exists():  # the same step saved again (e.g. Ctrl-C right after a save)
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        needed = sum(np.asarray(a).nbytes for a in [*model_arrays, *optimizer_arrays])
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir()
+            _save_arrays(tmp / "model.npz", model_arrays)
+            _save_arrays(tmp / "optimizer.npz", optimizer_arrays)
+            with open(tmp / "state.json", "w", encoding="utf-8") as fh:
+                fh.write(payload)
+                fh.flush()
+                os.fsync(fh.fileno())
+            if final.exists():  # the same step saved again (e.g. Ctrl-C right after a save)
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except Exception as exc:
+            # A failed write leaves no half checkpoint; the newest complete one stays listed.
+            shutil.rmtree(tmp, ignore_errors=True)
+            code = write_errno(exc)
+            if code is None:
+                raise
+            raise self._write_failure(final, code, needed + len(payload)) from exc
         names = [n for n in self._index() if n != name] + [name]
         names = sorted(set(names), key=_step_of)
         keep, drop = names[-self.keep :], names[: -self.keep]
@@ -254,6 +270,12 @@ class CheckpointManager:
             if child.name.startswith(".tmp-ckpt-") and child != tmp:
                 shutil.rmtree(child, ignore_errors=True)
         return final
+
+    def _write_failure(self, final: Path, code: int, needed: int) -> CheckpointError:
+        err = write_failure(final, code, needed, what="save checkpoint")
+        kept = self.list()
+        note = f" {kept[-1].name} is the newest complete checkpoint." if kept else ""
+        return CheckpointError(f"{err}{note}")
 
     def load_latest(self) -> tuple[dict[str, Any], list[np.ndarray], list[np.ndarray], Path]:
         """Read the newest checkpoint that loads completely, falling back to older ones.

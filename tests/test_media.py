@@ -8,6 +8,7 @@ averages), never alexkit's own output.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import subprocess
 import sys
@@ -288,7 +289,13 @@ def test_dicom_signed_12_bit_and_multiframe(tmp_path):
         )
 
 
-def test_no_patient_identifier_reaches_items_groups_errors_or_logs(tmp_path, caplog):
+def keyed_group(home, patient_id: bytes) -> str:
+    """The split group by hand: HMAC-SHA256 keyed with the installation's secret file."""
+    key = bytes.fromhex((home / "secret.key").read_text().strip())
+    return "patient:" + hmac.new(key, patient_id, hashlib.sha256).hexdigest()[:16]
+
+
+def test_no_patient_identifier_reaches_items_groups_errors_or_logs(tmp_path, caplog, alexkit_home):
     caplog.set_level(logging.DEBUG)
     good = write_dicom(tmp_path / "a.dcm", STORED)
     short = write_dicom(tmp_path / "b.dcm", STORED, PixelData=b"\x00\x01")  # truncated pixels
@@ -300,7 +307,7 @@ def test_no_patient_identifier_reaches_items_groups_errors_or_logs(tmp_path, cap
             texts.append(str(decode_member(pairs[0][0]).shape))
         except DataError as exc:
             texts.append(str(exc))
-    assert texts[0] == f"{good} patient:{hashlib.sha256(b'MRN0042').hexdigest()[:16]}"
+    assert texts[0] == f"{good} {keyed_group(alexkit_home, b'MRN0042')}"
     assert "cannot decode DICOM pixels" in texts[-1]
     everything = " ".join(texts) + caplog.text
     for secret in ("DOE", "JANE", "MRN0042", "19700101"):
@@ -335,7 +342,7 @@ def test_dicom_unreadable_and_missing_decoder_messages(tmp_path):
     assert "\n" not in message
 
 
-def test_dicom_series_folder_reads_as_volume_sorted_by_position(tmp_path):
+def test_dicom_series_folder_reads_as_volume_sorted_by_position(tmp_path, alexkit_home):
     study = tmp_path / "study1"
     study.mkdir()
     series_uid = "1.2.3.4.5"
@@ -353,7 +360,7 @@ def test_dicom_series_folder_reads_as_volume_sorted_by_position(tmp_path):
     opts = MediaOptions(window_center=1000, window_width=2000, skip_empty=False)
     pairs = expand(str(study), opts)
     assert [i for i, _ in pairs] == [f"{study}#slice={k},axis=2,wc=1000,ww=2000" for k in range(3)]
-    assert {g for _, g in pairs} == {f"patient:{hashlib.sha256(b'MRN0042').hexdigest()[:16]}"}
+    assert {g for _, g in pairs} == {keyed_group(alexkit_home, b"MRN0042")}
     for k, (item, _) in enumerate(pairs):
         np.testing.assert_array_equal(
             decode_member(item, opts)[:, :, 0], dicom_window(images[k].astype(float), 1000, 2000)
@@ -382,6 +389,147 @@ def test_patient_groups_keep_each_patient_in_one_split(tmp_path):
             assert (groups[a] == groups[b]) == (patients[a] == patients[b])
     train, test = next(GroupShuffleSplit(test_size=0.5, random_state=0).split(paths, groups=groups))
     assert not {patients[i] for i in train} & {patients[i] for i in test}
+
+
+def test_short_numeric_patient_id_is_not_found_by_enumerating_bare_hashes(
+    tmp_path, monkeypatch, alexkit_home
+):
+    path = write_dicom(tmp_path / "p.dcm", STORED, PatientID="04711")
+    group = expand(path)[0][1]
+    # An attacker hashes every 5-digit ID with bare sha256: none matches the group.
+    candidates = [f"{n:05d}".encode() for n in range(100_000)]
+    bare = {"patient:" + hashlib.sha256(c).hexdigest()[:16] for c in candidates}
+    assert group not in bare
+    # Only with the installation's key does enumeration work (so the group is the keyed hash).
+    assert group == keyed_group(alexkit_home, b"04711")
+    # ALEXKIT_PATIENT_SALT overrides the key: the same secret on every machine of a study.
+    monkeypatch.setenv("ALEXKIT_PATIENT_SALT", "study-secret")
+    clear_cache()
+    salted = expand(path)[0][1]
+    oracle = hmac.new(b"study-secret", b"04711", hashlib.sha256).hexdigest()[:16]
+    assert salted == f"patient:{oracle}" and salted != group
+
+
+def palette_dataset(indices, lut_rgb, first_mapped, entry_bits=16):
+    """A PALETTE COLOR dataset: 8-bit indices and per-channel lookup tables."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.PatientID = "PAL1"
+    ds.Rows, ds.Columns = indices.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "PALETTE COLOR"
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    dtype = np.uint16 if entry_bits == 16 else np.uint8
+    for k, colour in enumerate(("Red", "Green", "Blue")):
+        setattr(
+            ds,
+            f"{colour}PaletteColorLookupTableDescriptor",
+            [len(lut_rgb), first_mapped, entry_bits],
+        )
+        data = np.asarray(lut_rgb)[:, k].astype(dtype).tobytes()
+        if len(data) % 2:
+            data += b"\x00"
+        setattr(ds, f"{colour}PaletteColorLookupTableData", data)
+    ds.PixelData = indices.astype(np.uint8).tobytes()
+    return ds
+
+
+def test_palette_colour_dicom_goes_through_its_lookup_table(tmp_path):
+    rng = np.random.default_rng(3)
+    lut16 = rng.integers(0, 65536, size=(6, 3))
+    # Below the first mapped value: entry 0; above the table: the last (PS3.3 C.7.6.3.1.5).
+    indices = np.array([[0, 10, 11, 12], [13, 14, 15, 200]])
+    ds = palette_dataset(indices, lut16, first_mapped=10)
+    path = str(tmp_path / "pal.dcm")
+    ds.save_as(path, enforce_file_format=True)
+    entry = np.clip(indices - 10, 0, len(lut16) - 1)
+    expected = (lut16[entry] >> 8).astype(np.uint8)  # 16-bit entries, top 8 bits
+    np.testing.assert_array_equal(decode_member(path), expected)
+    # 8-bit entries pass through as they are.
+    lut8 = rng.integers(0, 256, size=(4, 3))
+    idx8 = np.array([[0, 1], [2, 3]])
+    path8 = str(tmp_path / "pal8.dcm")
+    palette_dataset(idx8, lut8, first_mapped=0, entry_bits=8).save_as(
+        path8, enforce_file_format=True
+    )
+    np.testing.assert_array_equal(decode_member(path8), lut8[idx8].astype(np.uint8))
+
+
+def test_dicom_without_preamble_is_read_with_force(tmp_path, alexkit_home):
+    from pydicom import dcmread
+    from pydicom.dataset import Dataset
+    from pydicom.errors import InvalidDicomError
+
+    def acr_nema(path, with_pixels, little_endian=True):
+        ds = Dataset()  # no file meta, no preamble, no "DICM": an old ACR-NEMA-style file
+        ds.PatientID = "ACR7"
+        ds.Rows, ds.Columns = STORED.shape
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.WindowCenter, ds.WindowWidth = 1000, 2000
+        if with_pixels:
+            ds.PixelData = STORED.astype("<u2" if little_endian else ">u2").tobytes()
+        ds.save_as(
+            path, implicit_vr=little_endian, little_endian=little_endian, enforce_file_format=False
+        )
+        with open(path, "rb") as fh:
+            assert fh.read(132)[128:132] != b"DICM"
+        with pytest.raises(InvalidDicomError):
+            dcmread(path)  # pydicom alone refuses it
+        return str(path)
+
+    for little in (True, False):
+        path = acr_nema(tmp_path / f"old{int(little)}.dcm", with_pixels=True, little_endian=little)
+        [(item, group)] = expand(path)
+        assert item == path and group == keyed_group(alexkit_home, b"ACR7")
+        np.testing.assert_array_equal(
+            decode_member(path)[:, :, 0], dicom_window(STORED.astype(float), 1000, 2000)
+        )
+    bare = acr_nema(tmp_path / "nopix.dcm", with_pixels=False)
+    assert len(expand(bare)) == 1
+    with pytest.raises(DataError, match="nopix.dcm: DICOM file has no pixel data"):
+        decode_member(bare)
+
+
+def test_12_bit_lossy_jpeg_names_the_syntax_and_the_decoder_package(tmp_path):
+    import io
+
+    from PIL import Image
+    from pydicom.encaps import encapsulate
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import JPEGExtended12Bit
+
+    decoder = get_decoder(JPEGExtended12Bit)
+    if {"pylibjpeg", "gdcm"} & set(getattr(decoder, "_available", {})):
+        pytest.skip("a 12-bit JPEG decoder is installed here")
+    buf = io.BytesIO()
+    Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).save(buf, "JPEG")
+    jpeg = bytearray(buf.getvalue())
+    sof = jpeg.find(b"\xff\xc0")
+    jpeg[sof + 1], jpeg[sof + 4] = 0xC1, 12  # SOF1 (extended), 12-bit samples
+    path = write_dicom(
+        tmp_path / "j12.dcm",
+        np.zeros((8, 8)),
+        transfer_syntax=JPEGExtended12Bit,
+        PixelData=encapsulate([bytes(jpeg)]),
+    )
+    with pytest.raises(DataError) as info:
+        decode_member(path)
+    message = str(info.value)
+    assert JPEGExtended12Bit.name in message and str(JPEGExtended12Bit) in message
+    assert "pip install pylibjpeg pylibjpeg-libjpeg" in message and "\n" not in message
 
 
 # ------------------------------------------------------------------ NIfTI

@@ -15,7 +15,8 @@ fix a window, DICOM/volume members also carry it (``wc=40,ww=400``; a single
 ``.dcm`` becomes ``x.dcm#wc=40,ww=400``), so an item decodes the same wherever
 it goes, options or not. Groups keep
 related items in one split: ``"clip:" + path``, ``"volume:" + path``,
-``"patient:" + sha256(PatientID)[:16]`` (DICOM; never the ID itself).
+``"patient:" + HMAC-SHA256(secret, PatientID)[:16]`` (DICOM; never the ID itself;
+the secret is made once per installation, or ``$ALEXKIT_PATIENT_SALT``).
 
 Reading needs the extras ``alexkit[video]`` (PyAV) and ``alexkit[medical]``
 (pydicom, nibabel, pylibjpeg decoders); without them a MissingExtraError names
@@ -227,7 +228,7 @@ def expand(path: str | os.PathLike, options: MediaOptions | None = None) -> list
 
     Returns:
         Items in frame/slice order with their split group; a single-frame DICOM
-        gives ``[(path, "patient:<hash>")]``.
+        gives ``[(path, "patient:<keyed hash>")]``.
 
     Raises:
         UnreadableImage: broken/truncated/unsupported source (skip and count it).

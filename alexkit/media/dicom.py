@@ -9,7 +9,8 @@ DICOM (RGB / YBR, converted to RGB by pydicom) is passed through, scaled to 8 bi
 
 Privacy: only the tags listed in ``_PIXEL_TAGS`` are parsed, so PatientName,
 birth date and the like are never even decoded; PatientID is read as raw bytes
-only to be hashed into a split group. Items are file paths, groups are hashes,
+only to be turned into a split group by a keyed hash (HMAC) with a per-installation
+secret (see ``patient_group``). Items are file paths, groups are hashes,
 and error messages never quote header values.
 """
 
@@ -35,6 +36,8 @@ from alexkit.media._common import (
     window_member,
     window_to_uint8,
 )
+from alexkit.paths import installation_secret
+from alexkit.quiet import quiet_read
 
 DICOM_EXTENSIONS = frozenset({".dcm", ".dicom"})
 
@@ -66,11 +69,22 @@ _PIXEL_TAGS = [
     "WindowWidth",
     "ExtendedOffsetTable",
     "ExtendedOffsetTableLengths",
+    *[
+        f"{prefix}{colour}PaletteColorLookupTable{part}"
+        for colour in ("Red", "Green", "Blue")
+        for prefix, part in (("", "Descriptor"), ("", "Data"), ("Segmented", "Data"))
+    ],
     "PixelData",
 ]
 
-# Optional key for patient hashes: short numeric IDs can be recovered from a bare
-# sha256 by enumeration; a secret salt (HMAC) prevents that where it matters.
+# The first element of a DICOM stream without the 128-byte preamble and "DICM" (old
+# ACR-NEMA files, or a preamble stripped by a tool) is in one of these groups.
+_FIRST_GROUPS = frozenset({0x0002, 0x0008, 0x0010, 0x0018, 0x0020, 0x0028})
+
+# Patient IDs become split groups through an HMAC: a short numeric ID is recovered from a
+# bare sha256 by hashing every candidate, but not without the secret key. The key is this
+# installation's secret ($ALEXKIT_HOME/secret.key), or this variable when set: the same
+# value on every machine of a multi-machine study gives the same groups everywhere.
 _SALT_ENV = "ALEXKIT_PATIENT_SALT"
 
 
@@ -84,27 +98,68 @@ def import_pydicom() -> Any:
 
 
 def read_dataset(path: str, *, pixels: bool) -> Any:
-    """Parse the tags alexkit needs (never PatientName & co). Raises UnreadableImage."""
+    """Parse the tags alexkit needs (never PatientName & co). Raises UnreadableImage.
+
+    A file without the preamble and ``DICM`` marker is read anyway (``force=True``)
+    when it starts with a DICOM data element; its transfer syntax is then the encoding
+    pydicom found.
+    """
     pydicom = import_pydicom()
     from pydicom.errors import InvalidDicomError
 
+    tags = _PIXEL_TAGS if pixels else _HEADER_TAGS
     try:
-        return pydicom.dcmread(
-            path,
-            specific_tags=_PIXEL_TAGS if pixels else _HEADER_TAGS,
-            stop_before_pixels=not pixels,
-        )
+        return pydicom.dcmread(path, specific_tags=tags, stop_before_pixels=not pixels)
     except InvalidDicomError as exc:
-        raise unreadable("not a DICOM file (no DICM header)", path) from exc
+        if not _starts_with_element(path):
+            raise unreadable(
+                "not a DICOM file (no DICM header, and no DICOM data element at the start)", path
+            ) from exc
     except Exception as exc:
         # The parser's own text may echo element bytes; name the exception only.
         raise unreadable(f"cannot parse DICOM ({type(exc).__name__})", path) from exc
+    try:
+        ds = pydicom.dcmread(path, specific_tags=tags, stop_before_pixels=not pixels, force=True)
+    except Exception as exc:
+        raise unreadable(f"cannot parse DICOM without header ({type(exc).__name__})", path) from exc
+    _set_found_transfer_syntax(ds)
+    return ds
+
+
+def _starts_with_element(path: str) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError:
+        return False
+    if len(head) < 8:
+        return False
+    return any(int.from_bytes(head[:2], order) in _FIRST_GROUPS for order in ("little", "big"))
+
+
+def _set_found_transfer_syntax(ds: Any) -> None:
+    """A file without meta information: decode it as pydicom parsed it."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    meta = getattr(ds, "file_meta", None)
+    if meta is None:
+        meta = ds.file_meta = FileMetaDataset()
+    if "TransferSyntaxUID" in meta:
+        return
+    implicit, little = getattr(ds, "original_encoding", (True, True))
+    if implicit:
+        meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    else:
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian if little else ExplicitVRBigEndian
 
 
 def patient_group(ds: Any, path: str) -> str:
-    """``"patient:" + sha256(PatientID)[:16]`` (HMAC with $ALEXKIT_PATIENT_SALT when set).
+    """``"patient:" + HMAC-SHA256(key, PatientID)[:16]``; the ID itself never leaves here.
 
-    Without a PatientID the file or series is its own group (``"file:" + path``).
+    The key is ``$ALEXKIT_PATIENT_SALT`` when set, else the installation's secret
+    (:func:`alexkit.paths.installation_secret`). Without a PatientID the file or series is
+    its own group (``"file:" + path``).
     """
     raw = ds.get_item(0x00100020) if hasattr(ds, "get_item") else None
     value = getattr(raw, "value", None) if raw is not None else None
@@ -114,12 +169,14 @@ def patient_group(ds: Any, path: str) -> str:
         text = str(value or "").strip()
     if not text:
         return f"file:{path}"
+    return f"patient:{patient_digest(text)}"
+
+
+def patient_digest(patient_id: str) -> str:
+    """The 16 hex digits of a patient's split group (see :func:`patient_group`)."""
     salt = os.environ.get(_SALT_ENV)
-    if salt:
-        digest = hmac.new(salt.encode(), text.encode(), hashlib.sha256).hexdigest()
-    else:
-        digest = hashlib.sha256(text.encode()).hexdigest()
-    return f"patient:{digest[:16]}"
+    key = salt.encode() if salt else installation_secret()
+    return hmac.new(key, patient_id.encode(), hashlib.sha256).hexdigest()[:16]
 
 
 def num_frames(ds: Any) -> int:
@@ -168,7 +225,30 @@ def _stored_pixels(ds: Any, path: str) -> np.ndarray:
     try:
         return ds.pixel_array
     except Exception as exc:
-        raise unreadable(f"cannot decode DICOM pixels ({type(exc).__name__})", path) from exc
+        raise unreadable(_decode_failure(ds, exc), path) from exc
+
+
+def _decode_failure(ds: Any, exc: Exception) -> str:
+    """Why pixels did not decode; for compressed data, the syntax and a decoder to add.
+
+    E.g. 12-bit lossy JPEG (JPEG Extended): Pillow is available but cannot decode it.
+    """
+    uid = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if uid is None or not uid.is_compressed:
+        return f"cannot decode DICOM pixels ({type(exc).__name__})"
+    from pydicom.pixels import get_decoder
+
+    # pydicom lists each tried plugin as "  name: why" under its first line.
+    tried = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
+    detail = f" ({'; '.join(tried)[:200]})" if tried else f" ({type(exc).__name__})"
+    text = f"DICOM transfer syntax '{uid.name}' ({uid}): the installed decoders failed{detail}"
+    try:
+        decoder = get_decoder(uid)
+    except NotImplementedError:
+        return text
+    if getattr(decoder, "missing_dependencies", None):
+        text += f"; run `{_pip_for(decoder)}` for a decoder that handles it"
+    return text
 
 
 def modality_values(ds: Any, arr: np.ndarray) -> np.ndarray:
@@ -217,26 +297,45 @@ def _colour_to_uint8(arr: np.ndarray, ds: Any) -> np.ndarray:
 
 def _decode_all_frames(path: str, options: Any) -> np.ndarray:
     """Every frame of a file as uint8: (F, H, W) gray or (F, H, W, 3) colour."""
-    ds = read_dataset(path, pixels=True)
-    arr = _stored_pixels(ds, path)
-    frames = num_frames(ds)
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
-    if frames == 1:
-        arr = arr[None]
-    if samples == 3:
-        return _colour_to_uint8(arr, ds)
-    if samples != 1:
-        raise unreadable(f"DICOM with {samples} samples per pixel is not supported", path)
-    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
-    if photometric not in {"MONOCHROME1", "MONOCHROME2", ""}:
-        raise unreadable(f"DICOM photometric interpretation {photometric} not supported", path)
-    values = modality_values(ds, arr)
-    window = options_window(options) or file_window(ds)
-    gray = to_uint8(values, window)
+    with quiet_read(path, redact_quotes=True):
+        ds = read_dataset(path, pixels=True)
+        arr = _stored_pixels(ds, path)
+        frames = num_frames(ds)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+        if frames == 1:
+            arr = arr[None]
+        if samples == 3:
+            return _colour_to_uint8(arr, ds)
+        if samples != 1:
+            raise unreadable(f"DICOM with {samples} samples per pixel is not supported", path)
+        if photometric == "PALETTE COLOR":
+            return _palette_to_rgb(arr, ds, path)
+        if photometric not in {"MONOCHROME1", "MONOCHROME2", ""}:
+            raise unreadable(f"DICOM photometric interpretation {photometric} not supported", path)
+        values = modality_values(ds, arr)
+        window = options_window(options) or file_window(ds)
+        gray = to_uint8(values, window)
     if _is_monochrome1(ds):
         # MONOCHROME1: the lowest value is white; flip so bright always means dense.
         gray = 255 - gray
     return gray
+
+
+def _palette_to_rgb(arr: np.ndarray, ds: Any, path: str) -> np.ndarray:
+    """PALETTE COLOR indices → RGB uint8 through the file's lookup tables (PS3.3 C.7.9)."""
+    from pydicom.pixels import apply_color_lut
+
+    try:
+        rgb = np.asarray(apply_color_lut(arr, ds))
+    except Exception as exc:
+        reason = f"bad DICOM palette colour lookup table ({type(exc).__name__})"
+        raise unreadable(reason, path) from exc
+    if rgb.dtype == np.uint8:
+        return rgb
+    # Entries are 16 bits wide (descriptor[2] == 16) unless stored in 8.
+    bits = 8 * rgb.dtype.itemsize
+    return (rgb.astype(np.uint32) >> (bits - 8)).astype(np.uint8)
 
 
 def options_window(options: Any) -> tuple[float, float] | None:
@@ -272,9 +371,10 @@ def expand_file(path: str, options: Any = None) -> list[tuple[str, str]]:
 
     A window fixed by ``options`` is written into the member (``#wc=..,ww=..``).
     """
-    ds = read_dataset(path, pixels=False)
-    group = patient_group(ds, path)
-    frames = num_frames(ds)
+    with quiet_read(path, redact_quotes=True):
+        ds = read_dataset(path, pixels=False)
+        group = patient_group(ds, path)
+        frames = num_frames(ds)
     window = window_member(options)
     if frames == 1:
         return [(f"{path}#{window}" if window else path, group)]
@@ -292,7 +392,7 @@ def _looks_like_dicom(path: Path) -> bool:
             head = fh.read(132)
     except OSError:
         return False
-    return head[128:132] == b"DICM"
+    return head[128:132] == b"DICM" or _starts_with_element(str(path))
 
 
 def series_files(folder: str) -> list[Path]:
@@ -318,12 +418,13 @@ def is_dicom_series(folder: str) -> bool:
     uids = set()
     for f in files:
         try:
-            ds = read_dataset(str(f), pixels=False)
+            with quiet_read(str(f), redact_quotes=True):
+                ds = read_dataset(str(f), pixels=False)
+                if "ImagePositionPatient" not in ds or num_frames(ds) != 1:
+                    return False
+                uids.add(str(ds.get("SeriesInstanceUID", "")))
         except DataError:
             return False
-        if "ImagePositionPatient" not in ds or num_frames(ds) != 1:
-            return False
-        uids.add(str(ds.get("SeriesInstanceUID", "")))
     return len(uids) == 1 and "" not in uids
 
 
@@ -337,12 +438,20 @@ def _slice_position(ds: Any) -> float | None:
     return float(ipp @ normal)
 
 
+def _instance_number(ds: Any) -> float:
+    try:
+        return float(ds.get("InstanceNumber", 0) or 0)
+    except (TypeError, ValueError):
+        return 0.0
+
+
 def series_group(folder: str) -> str:
     """The patient group of a series (from its first file)."""
     files = series_files(folder)
     if not files:
         raise unreadable("no DICOM files in the series folder", folder)
-    return patient_group(read_dataset(str(files[0]), pixels=False), folder)
+    with quiet_read(str(files[0]), redact_quotes=True):
+        return patient_group(read_dataset(str(files[0]), pixels=False), folder)
 
 
 def load_series(folder: str, options: Any) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -359,13 +468,14 @@ def load_series(folder: str, options: Any) -> tuple[np.ndarray, np.ndarray, bool
         raise unreadable("no DICOM files in the series folder", folder)
     slices = []
     for f in files:
-        ds = read_dataset(str(f), pixels=True)
-        if int(ds.get("SamplesPerPixel", 1) or 1) != 1 or num_frames(ds) != 1:
-            raise unreadable("a series must hold single-frame grayscale images", str(f))
-        values = modality_values(ds, _stored_pixels(ds, str(f)))
-        pos = _slice_position(ds)
-        order = pos if pos is not None else float(ds.get("InstanceNumber", 0) or 0)
-        slices.append((order, f.name, values, ds))
+        with quiet_read(str(f), redact_quotes=True):
+            ds = read_dataset(str(f), pixels=True)
+            if int(ds.get("SamplesPerPixel", 1) or 1) != 1 or num_frames(ds) != 1:
+                raise unreadable("a series must hold single-frame grayscale images", str(f))
+            values = modality_values(ds, _stored_pixels(ds, str(f)))
+            pos = _slice_position(ds)
+            order = pos if pos is not None else _instance_number(ds)
+            slices.append((order, f.name, values, ds))
     slices.sort(key=lambda s: (s[0], s[1]))
     shapes = {s[2].shape for s in slices}
     if len(shapes) != 1:

@@ -20,6 +20,7 @@ import numpy as np
 
 from alexkit.errors import DataError, MissingExtraError, one_line
 from alexkit.media._common import CACHE, file_key, unreadable
+from alexkit.quiet import quiet_read
 
 if TYPE_CHECKING:
     from alexkit.media import MediaOptions
@@ -60,6 +61,11 @@ class ClipInfo:
 
 
 def _probe(path: str) -> ClipInfo:
+    with quiet_read(path):
+        return _probe_quietly(path)
+
+
+def _probe_quietly(path: str) -> ClipInfo:
     av = import_av()
     try:
         with av.open(path) as container:
@@ -127,6 +133,11 @@ def _upright(frame: Any) -> np.ndarray:
 
 def _decode(path: str, info: ClipInfo, indices: list[int]) -> dict[int, np.ndarray]:
     """Decode the frames at ``indices`` as RGB uint8 arrays, one pass through the clip."""
+    with quiet_read(path):
+        return _decode_quietly(path, info, indices)
+
+
+def _decode_quietly(path: str, info: ClipInfo, indices: list[int]) -> dict[int, np.ndarray]:
     av = import_av()
     wanted = sorted(set(indices))
     out: dict[int, np.ndarray] = {}

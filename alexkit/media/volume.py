@@ -30,6 +30,7 @@ from alexkit.media._common import (
     window_member,
 )
 from alexkit.media.dicom import load_series, options_window, series_group, to_uint8
+from alexkit.quiet import quiet_read
 
 NIFTI_EXTENSIONS = frozenset({".nii", ".nii.gz"})
 
@@ -70,6 +71,11 @@ def _occupancy(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _read_nifti(path: str) -> np.ndarray:
+    with quiet_read(path):
+        return _read_nifti_quietly(path)
+
+
+def _read_nifti_quietly(path: str) -> np.ndarray:
     nib = import_nibabel()
     try:
         img = nib.load(path)
