@@ -22,44 +22,9 @@ from typing import Any
 import keras
 
 from alexkit.layers import GroupedConv2D, LocalResponseNormalization, Preprocess
+from alexkit.variants import LAYER_NAMES as LAYER_NAMES  # re-exported, as before
+from alexkit.variants import VARIANTS, WEIGHT_LAYERS
 
-# Per-variant preprocessing and geometry. mean/std are in 0..255 pixel units.
-VARIANTS: dict[str, dict[str, Any]] = {
-    "original": {
-        "image_size": 227,
-        "resize": 256,
-        # Per-channel ImageNet mean: the common stand-in for the paper's mean image.
-        "mean": (123.68, 116.779, 103.939),
-        "std": (1.0, 1.0, 1.0),
-        "paper": "Krizhevsky, Sutskever & Hinton, NIPS 2012",
-    },
-    "torchvision": {
-        "image_size": 224,
-        "resize": 256,
-        "mean": (0.485 * 255, 0.456 * 255, 0.406 * 255),
-        "std": (0.229 * 255, 0.224 * 255, 0.225 * 255),
-        "paper": "Krizhevsky 2014, arXiv:1404.5997 (torchvision models/alexnet.py)",
-    },
-}
-
-# Public layer names, in order (weights import, freeze and extract depend on them).
-LAYER_NAMES = (
-    "conv1",
-    "lrn1",
-    "pool1",
-    "conv2",
-    "lrn2",
-    "pool2",
-    "conv3",
-    "conv4",
-    "conv5",
-    "pool5",
-    "fc6",
-    "fc7",
-    "predictions",
-)
-# Layers that carry weights, in order; `trainable_from` takes one of these.
-WEIGHT_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "predictions")
 HEAD_PREFIX = "head_"
 # Typical standard deviation of natural-image pixels in 0..255 units (ImageNet ≈ 0.226).
 PIXEL_STD = 0.226 * 255

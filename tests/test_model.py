@@ -109,6 +109,34 @@ def test_preprocess_uses_variant_mean_std(original, torchvision_model):
     assert std == pytest.approx([0.229 * 255, 0.224 * 255, 0.225 * 255])
 
 
+@pytest.mark.parametrize("variant", ["original", "torchvision"])
+def test_variant_table_describes_the_built_model(variant, original, torchvision_model):
+    # alexkit.variants is what recipes and weights read without Keras: it must match the model.
+    from alexkit.variants import IMAGE_SIZES, POOL5_SHAPE, WEIGHT_LAYERS
+
+    model = {"original": original, "torchvision": torchvision_model}[variant]
+    spec = VARIANTS[variant]
+    public = [layer.name for layer in model.layers if layer.name in VARIANTS["original"]["layers"]]
+    assert tuple(public) == spec["layers"]
+    assert [n for n in public if model.get_layer(n).weights] == list(WEIGHT_LAYERS)
+    assert model.count_params() == spec["params"]
+    size = IMAGE_SIZES[variant]
+    assert size == spec["image_size"] and tuple(model.input_shape[1:]) == (size, size, 3)
+    assert tuple(model.get_layer("pool5").output.shape[1:]) == POOL5_SHAPE
+
+
+def test_variants_module_imports_no_keras_or_numpy():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, alexkit.variants\n"
+        "print(sorted(m for m in ('keras', 'tensorflow', 'numpy') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_replace_head_keeps_lower_weights_bit_identical(original):
     before = {w.path: w.numpy().copy() for w in original.weights if "predictions" not in w.path}
     new = replace_head(original, 5, dropout=0.3, hidden_units=64, seed=1)
