@@ -19,7 +19,7 @@ def _one_error_line(result, code: int = 2) -> str:
     """The ``error: ...`` message of a failed command, with rich's 80-column wrapping undone.
 
     (``_common.fail`` lets rich wrap long messages when stderr is not a terminal; the library
-    message itself is one line, which tests/test_weights.py checks.)
+    message itself is one line, which tests/weights/test_weights.py checks.)
     """
     assert result.exit_code == code, (result.stdout, result.stderr)
     assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr

@@ -14,6 +14,8 @@ import pytest
 
 from alexkit import weights as W
 from alexkit.errors import MissingExtraError, WeightsError
+from alexkit.paths import alexkit_home
+from alexkit.weights import download
 
 BVLC_SHAPES = {
     "conv1": (11, 11, 3, 96),
@@ -380,6 +382,15 @@ def test_bad_names_and_broken_entries_are_reported():
     assert W.list_weights() == []
 
 
+def test_importer_tables_name_every_weight_layer():
+    # Both converters fill exactly the variant table's weight layers, in order.
+    from alexkit.variants import WEIGHT_LAYERS
+    from alexkit.weights import caffe, torchvision
+
+    assert tuple(torchvision._TORCHVISION_LAYERS) == WEIGHT_LAYERS
+    assert tuple(layer for layer, _ in caffe._BVLC_LAYERS.values()) == WEIGHT_LAYERS
+
+
 # --------------------------------------------------------------------------- download
 
 
@@ -400,7 +411,7 @@ def test_download_checks_sha256_then_imports(tmp_path, monkeypatch):
 
     with pytest.raises(WeightsError, match="expected it to start with 7be5be79"):
         W.download_weights("torchvision", url=payload.as_uri())
-    downloads = W.alexkit_home() / "downloads"
+    downloads = alexkit_home() / "downloads"
     assert list(downloads.iterdir()) == [] and _store_listing() == []
 
     calls = []
@@ -409,7 +420,7 @@ def test_download_checks_sha256_then_imports(tmp_path, monkeypatch):
         calls.append((Path(path), format, kwargs))
         return "entry"
 
-    monkeypatch.setattr(W, "import_weights", fake_import)
+    monkeypatch.setattr(download, "import_weights", fake_import)
     progress = []
     result = W.download_weights(
         "torchvision",
