@@ -148,7 +148,7 @@ def test_recipe_dirs_prefer_the_wheel_copy(tmp_path, monkeypatch):
     (wheel / "xray.toml").write_text('description = "from the wheel"\n')
     (repo / "xray.toml").write_text('description = "from the repo"\n')
     (repo / "extra.toml").write_text("")
-    monkeypatch.setattr("alexkit.recipes.recipe_dirs", lambda: [wheel, repo])
+    monkeypatch.setattr("alexkit.recipes.builtin.recipe_dirs", lambda: [wheel, repo])
     assert recipe_names() == ["extra", "xray"]
     assert load_recipe("xray").description == "from the wheel"
     assert load_recipe("extra") == dataclasses.replace(default_recipe(), name="extra")
