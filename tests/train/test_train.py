@@ -79,7 +79,7 @@ def test_run_dir_needs_force_or_resume(tmp_path):
 def test_val_metrics_match_sklearn_and_hand_formulas():
     from sklearn import metrics as skm
 
-    from alexkit.train import compute_val_metrics
+    from alexkit.metrics import compute_val_metrics
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, size=40)
@@ -149,7 +149,7 @@ def test_token_val_split_is_resplit_from_train(tmp_path):
     """Kermany-style data: val has 2 images a class, so training carves its own."""
     from conftest import write_class_images
 
-    from alexkit.train import _load_specs
+    from alexkit.train.plan import load_specs as _load_specs
 
     root = tmp_path / "chest_xray"
     write_class_images(root / "train", ["NORMAL", "PNEUMONIA"], 20)

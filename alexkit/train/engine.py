@@ -1,0 +1,569 @@
+"""The training loop both workflows share: stages of epochs of steps.
+
+Each step is one ``model.train_on_batch``. At every epoch end the engine validates,
+averages the metrics over workers, then asks the policies of :mod:`alexkit.train.policies`
+in a fixed order: best model, early stopping, LR schedule, checkpoint, history/logs.
+
+Resume semantics: ``resume=True`` loads the newest complete checkpoint (falling back to
+the previous one if it is damaged) and continues from exactly that step: the interrupted
+epoch's data order is rebuilt from the run seed and the epoch number and the batches
+already seen are skipped, so the epoch ends with the same set of examples it would have
+seen without the interruption. The history and the running epoch averages are part of
+the checkpoint, so ``history.csv`` never holds a duplicate epoch.
+
+Determinism: with the same seed on CPU two runs give the same history
+(``keras.utils.set_random_seed`` + ``tf.config.experimental.enable_op_determinism`` +
+seeded tf.data), and the dropout RNG state travels in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from alexkit.errors import DataError, Interrupted, RecipeError, UsageError
+from alexkit.inference import predict_batches
+from alexkit.metrics import compute_val_metrics
+from alexkit.runs import RunDir
+from alexkit.train.common import ProgressFn, RunResult, emit
+from alexkit.train.plan import DataPlan, StagePlan
+from alexkit.train.policies import (
+    BestModel,
+    Checkpoints,
+    EarlyStop,
+    HistoryLog,
+    Schedule,
+    assign,
+)
+
+log = logging.getLogger(__name__)
+
+OPTIMIZERS = ("paper_sgd", "sgd", "adam")
+
+
+def build_optimizer(stage: StagePlan) -> Any:
+    """The stage's optimizer: the paper's SGD (coupled weight decay) or Adam."""
+    import keras
+
+    if stage.optimizer in ("paper_sgd", "sgd"):
+        from alexkit.optim import PaperSGD
+
+        return PaperSGD(
+            learning_rate=stage.lr, momentum=stage.momentum, weight_decay=stage.weight_decay
+        )
+    if stage.optimizer == "adam":
+        return keras.optimizers.Adam(learning_rate=stage.lr)
+    raise RecipeError(f"unknown optimizer {stage.optimizer!r}; choose one of {list(OPTIMIZERS)}.")
+
+
+def _fresh_accum() -> dict[str, Any]:
+    return {"loss": 0.0, "correct": 0.0, "count": 0, "seconds": 0.0}
+
+
+@dataclass
+class _Restored:
+    """What a checkpoint holds for the stage it was saved in (applied when it starts)."""
+
+    stage: int
+    optimizer_arrays: list[np.ndarray]
+    optimizer_paths: list[str] | None
+    schedule: dict[str, Any] | None
+
+
+class Engine:
+    """The shared training loop over stages of a compiled Keras model.
+
+    Args:
+        run: the run directory written to.
+        build_model: returns the uncompiled model (called in the strategy's scope).
+        stages: the stages to run, in order.
+        data: the run's data plan.
+        make_train: ``make_train(epoch, steps[, shard])`` -> the epoch's batches.
+        make_val: -> the validation batches, or None without validation data.
+        monitor: the metric that picks the best model.
+        metrics: validation metrics computed every epoch.
+        class_weight: Keras ``class_weight`` or None.
+        seed: the run seed.
+        steps_per_epoch: batches per epoch (None: one pass over the data).
+        checkpoint_every: also checkpoint every N steps.
+        jit: XLA-compile the train step (None: Keras' "auto").
+        progress: event callback.
+        strategy: a ``tf.distribute`` strategy or None.
+        resume: continue from the newest checkpoint.
+        save_last: also save ``last.keras`` at the end.
+        restore_dir: resume from these checkpoints instead of the run's own.
+        writes: False on non-chief workers (no checkpoints or models).
+    """
+
+    def __init__(
+        self,
+        *,
+        run: RunDir,
+        build_model: Callable[[], Any],
+        stages: Sequence[StagePlan],
+        data: DataPlan,
+        make_train: Callable[..., Any],
+        make_val: Callable[[], Any] | None,
+        monitor: str,
+        metrics: Sequence[str],
+        class_weight: dict[int, float] | None,
+        seed: int,
+        steps_per_epoch: int | None,
+        checkpoint_every: int | None,
+        jit: bool | None,
+        progress: ProgressFn | None,
+        strategy: Any = None,
+        resume: bool = False,
+        save_last: bool = False,
+        restore_dir: Path | None = None,
+        writes: bool = True,
+    ):
+        self.run = run
+        self.build_model = build_model
+        self.stages = list(stages)
+        self.data = data
+        self.make_train = make_train
+        self.make_val = make_val
+        self.monitor = monitor
+        self.metrics = list(metrics)
+        self.class_weight = class_weight
+        self.seed = int(seed)
+        self.steps_per_epoch = steps_per_epoch
+        self.jit = jit
+        self.progress = progress
+        self.strategy = strategy
+        self.resume = resume
+        self.save_last = save_last
+        self.feed = self._replica_feed()
+        self.checkpoints = Checkpoints(
+            run, every=checkpoint_every, writes=writes, restore_dir=restore_dir, progress=progress
+        )
+        self.best = BestModel(monitor, lambda m: self.checkpoints.save_model(m, run.model_path))
+        self.early = EarlyStop()
+        self.schedule = Schedule()
+        self.log = HistoryLog(run)
+        self.model: Any = None
+        self.first_batch_loss: float | None = None
+        # Where the loop is; with the policies' states it makes a checkpoint's state.json.
+        self.position: dict[str, Any] = {
+            "global_step": 0,
+            "epoch": 0,  # finished epochs, all stages
+            "stage": 0,
+            "stage_epoch": 0,  # finished epochs in this stage
+            "step_in_epoch": 0,
+            "accum": _fresh_accum(),
+            "history": [],
+        }
+
+    def _replica_feed(self) -> Any:
+        if self.strategy is None:
+            return None
+        from alexkit.distribute import ReplicaFeed
+
+        if self.class_weight:
+            raise UsageError("class weights are not supported with --distribute.")
+        if self.data.num_train < self.data.batch_size:
+            raise UsageError(
+                f"--distribute needs at least one full global batch: {self.data.num_train} "
+                f"training images < --batch-size {self.data.batch_size}."
+            )
+        return ReplicaFeed(self.strategy)
+
+    @property
+    def best_weights(self) -> list[np.ndarray] | None:
+        """The best epoch's weights, when it was trained in this call."""
+        return self.best.weights
+
+    def snapshot(self) -> dict[str, Any]:
+        """The loop state as a checkpoint's ``state.json`` holds it (key order kept)."""
+        p = self.position
+        return {
+            "version": 1,
+            "global_step": p["global_step"],
+            "epoch": p["epoch"],
+            "stage": p["stage"],
+            "stage_epoch": p["stage_epoch"],
+            "stage_done": self.early.done,
+            "step_in_epoch": p["step_in_epoch"],
+            "accum": p["accum"],
+            "history": p["history"],
+            "best": self.best.state_dict(),
+            "stage_best": self.early.best,
+            "stage_wait": self.early.wait,
+            "schedule": self.schedule.state_dict(),
+        }
+
+    def steps(self) -> int:
+        """Batches per epoch."""
+        if self.steps_per_epoch:
+            return int(self.steps_per_epoch)
+        n = self.data.num_train
+        if self.feed is not None:
+            # Distributed: full global batches only (they split evenly over replicas).
+            return n // self.data.batch_size
+        return max(1, math.ceil(n / self.data.batch_size))
+
+    def _scope(self) -> Any:
+        return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
+
+    # ----------------------------------------------------------------- loop
+
+    def run_all(self) -> dict[str, Any]:
+        """Train every stage to the end; return the final loop state (``snapshot()``)."""
+        with self._scope():
+            self.model = self.build_model()
+        restored = self._restore() if self.resume else None
+        emit(
+            self.progress,
+            "start",
+            run_dir=str(self.run.path),
+            resumed=self.resume,
+            total_epochs=sum(s.epochs for s in self.stages),
+            steps=self.steps(),
+            stages=[{"name": s.name, "epochs": s.epochs} for s in self.stages],
+        )
+        self.log.open()
+        try:
+            while self.position["stage"] < len(self.stages):
+                stage = self.stages[self.position["stage"]]
+                if not self.early.done and self.position["stage_epoch"] < stage.epochs:
+                    own = (
+                        restored if restored and restored.stage == self.position["stage"] else None
+                    )
+                    self._start_stage(stage, own)
+                    restored = None
+                    while self.position["stage_epoch"] < stage.epochs and not self.early.done:
+                        self._run_epoch(stage)
+                self._next_stage()
+            if self.save_last:
+                self.checkpoints.save_model(self.model, self.run.last_model_path)
+        except KeyboardInterrupt:
+            self._interrupted()
+        finally:
+            self.log.close()
+        return self.snapshot()
+
+    def _restore(self) -> _Restored:
+        state, model_arrays, optimizer_arrays, folder = self.checkpoints.load_latest()
+        assign(self.model.variables, model_arrays, "model")
+        log.info("resuming from %s", folder)
+        emit(
+            self.progress,
+            "resume",
+            checkpoint=str(folder),
+            epoch=state["epoch"],
+            step_in_epoch=state["step_in_epoch"],
+            global_step=state["global_step"],
+        )
+        self.position = {key: state[key] for key in self.position}
+        self.best.load_state_dict(state["best"])
+        self.early.load_state_dict(state)
+        self.log.write_history(self.position["history"])
+        return _Restored(
+            state["stage"], optimizer_arrays, state.get("optimizer_paths"), state["schedule"]
+        )
+
+    def _start_stage(self, stage: StagePlan, restored: _Restored | None) -> None:
+        self._compile(stage)
+        self.schedule.start_stage(stage, restored.schedule if restored else None)
+        if restored is not None:
+            Checkpoints.restore_optimizer(
+                self.model.optimizer, restored.optimizer_arrays, restored.optimizer_paths
+            )
+        emit(
+            self.progress,
+            "stage",
+            stage=self.position["stage"] + 1,
+            name=stage.name,
+            epochs=stage.epochs,
+            trainable_from=stage.trainable_from,
+            trainable_params=int(sum(np.prod(v.shape) for v in self.model.trainable_variables)),
+        )
+
+    def _next_stage(self) -> None:
+        self.position["stage"] += 1
+        self.position["stage_epoch"] = 0
+        self.early.reset()
+
+    def _compile(self, stage: StagePlan) -> None:
+        from alexkit.model import freeze
+
+        if stage.trainable_from == "all":
+            for layer in self.model.layers:
+                layer.trainable = True
+        else:
+            try:
+                freeze(self.model, stage.trainable_from)
+            except ValueError as err:
+                raise RecipeError(f"stage {stage.name!r}: {err}") from err
+        with self._scope():
+            self.model.compile(
+                optimizer=build_optimizer(stage),
+                loss="sparse_categorical_crossentropy",
+                metrics=["accuracy"],
+                jit_compile="auto" if self.jit is None else bool(self.jit),
+            )
+            # Build the optimizer now so its variables exist for checkpoint restore. Under
+            # mixed_float16 compile wraps it in a LossScaleOptimizer: build the wrapper.
+            self.model.optimizer.build(self.model.trainable_variables)
+        if self.strategy is not None:
+            from alexkit.distribute import enable_distributed_batches
+
+            enable_distributed_batches(self.model)
+
+    def _interrupted(self) -> None:
+        if self.model is None or getattr(self.model, "optimizer", None) is None:
+            raise Interrupted("interrupted before training started; nothing was saved.") from None
+        path = self.checkpoints.save(self.model, self.snapshot())
+        self.log.write_history(self.position["history"])
+        writes = self.checkpoints.writes
+        saved = f"state saved to {path}" if writes else "the chief saves the state"
+        raise Interrupted(
+            f"interrupted at epoch {self.position['epoch'] + 1} step "
+            f"{self.position['step_in_epoch']}; {saved}; continue with --resume."
+        ) from None
+
+    # ----------------------------------------------------------------- epoch
+
+    def _run_epoch(self, stage: StagePlan) -> None:
+        """Train one epoch, validate, then let the policies decide in their fixed order."""
+        lr = self.schedule.lr(self.position["stage_epoch"])
+        self.model.optimizer.learning_rate = lr
+        row = self._train_epoch(stage, lr)
+        self._validate_into(row)
+        row["seconds"] = self.position["accum"]["seconds"]
+        improved = self.best.update(row, self.model)
+        row["best"] = int(improved)
+        self.early.update(row, stage.early_stopping)
+        self.schedule.end_epoch(self.position["stage_epoch"], self.best.error(row))
+        self._end_epoch(row, improved)
+
+    def _train_epoch(self, stage: StagePlan, lr: float) -> dict[str, Any]:
+        """The epoch's batches (after a mid-epoch resume, the rest of them); its train row."""
+        pos = self.position
+        epoch_index, steps, start = pos["epoch"], self.steps(), int(pos["step_in_epoch"])
+        if start == 0:
+            pos["accum"] = _fresh_accum()
+        emit(
+            self.progress,
+            "epoch_start",
+            epoch=epoch_index + 1,
+            stage=pos["stage"] + 1,
+            stage_name=stage.name,
+            stage_epoch=pos["stage_epoch"] + 1,
+            stage_epochs=stage.epochs,
+            steps=steps,
+            start_step=start,
+            lr=lr,
+        )
+        if self.feed is not None:
+            dataset = self.make_train(epoch_index, steps, (self.feed.worker, self.feed.workers))
+        else:
+            dataset = self.make_train(epoch_index, steps)
+        if start:  # resumed mid-epoch: the same order, without the batches already seen
+            dataset = dataset.skip(start)
+        accum = pos["accum"]
+        tick = time.perf_counter()
+        for x, y in dataset:
+            loss, accuracy, batch = self._train_step(x, y, epoch_index)
+            now = time.perf_counter()
+            accum["seconds"] += now - tick
+            tick = now
+            accum["loss"] += loss * batch
+            accum["correct"] += accuracy * batch
+            accum["count"] += batch
+            pos["step_in_epoch"] += 1
+            pos["global_step"] += 1
+            emit(
+                self.progress,
+                "batch",
+                epoch=epoch_index + 1,
+                step=pos["step_in_epoch"],
+                steps=steps,
+                loss=accum["loss"] / accum["count"],
+                accuracy=accum["correct"] / accum["count"],
+                img_per_s=accum["count"] / max(accum["seconds"], 1e-9),
+            )
+            if self.checkpoints.due(pos["global_step"]):
+                if pos["step_in_epoch"] < steps:  # the epoch-end save follows otherwise
+                    self.checkpoints.save(self.model, self.snapshot())
+                self.log.batch_loss(pos["global_step"], loss)
+        if accum["count"] == 0:
+            raise DataError("the training data produced no batches; check --data.")
+        return {
+            "epoch": epoch_index + 1,
+            "stage": pos["stage"] + 1,
+            "stage_name": stage.name,
+            "stage_epoch": pos["stage_epoch"] + 1,
+            "lr": lr,
+            "loss": accum["loss"] / accum["count"],
+            "accuracy": accum["correct"] / accum["count"],
+            "images": accum["count"],
+            "img_per_s": accum["count"] / max(accum["seconds"], 1e-9),
+        }
+
+    def _train_step(self, x: Any, y: Any, epoch_index: int) -> tuple[float, float, int]:
+        """One optimizer step; returns (loss, accuracy, images in the global batch)."""
+        batch = int(y.shape[0])
+        self.model.reset_metrics()
+        if self.feed is not None:
+            # This worker's slice of the global batch, one part per local replica;
+            # loss and accuracy come back as global-batch means.
+            batch *= self.feed.workers
+            x, y = self.feed.split(x, y)
+        logs = self.model.train_on_batch(x, y, class_weight=self.class_weight, return_dict=True)
+        loss = float(logs["loss"])
+        if self.first_batch_loss is None:
+            self.first_batch_loss = loss
+        if not math.isfinite(loss):
+            raise UsageError(
+                f"the training loss became {loss} at epoch {epoch_index + 1}; lower the "
+                "learning rate (--lr) and start again with --force."
+            )
+        return loss, float(logs.get("accuracy", 0.0)), batch
+
+    def _validate_into(self, row: dict[str, Any]) -> None:
+        val_metrics = self.validate()
+        if self.feed is not None:
+            # Identical on every worker: the LR plateau, best-model and early-stopping
+            # decisions that follow must not differ between workers.
+            val_metrics = self.feed.mean(val_metrics)
+        row.update({f"val_{k}": v for k, v in val_metrics.items()})
+
+    def _end_epoch(self, row: dict[str, Any], improved: bool) -> None:
+        pos = self.position
+        pos["history"] = [r for r in pos["history"] if r["epoch"] != row["epoch"]] + [row]
+        pos["epoch"] += 1
+        pos["stage_epoch"] += 1
+        pos["step_in_epoch"] = 0
+        self.checkpoints.save(self.model, self.snapshot())
+        self.log.end_epoch(pos["history"], row)
+        emit(
+            self.progress,
+            "epoch_end",
+            epoch=row["epoch"],
+            row=row,
+            improved=improved,
+            monitor=self.monitor,
+            best=self.best.state_dict(),
+        )
+
+    # ----------------------------------------------------------------- inference
+
+    def _forward(self, x: np.ndarray) -> np.ndarray:
+        if self.strategy is not None:
+            # predict_on_batch under MirroredStrategy returns every replica's rows; a plain
+            # call in cross-replica context reads the mirrored variables once.
+            return np.asarray(self.model(x, training=False))
+        return np.asarray(self.model.predict_on_batch(x))
+
+    def predict(
+        self, dataset: Any, items: list[str] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Labels and probabilities over a dataset of (images, labels[, items]) batches.
+
+        When the batches carry item strings and ``items`` is a list, they are appended
+        to it (for clip/volume-level metrics).
+        """
+        y, p, _ = predict_batches(
+            dataset, self._forward, items=items, num_classes=len(self.data.class_names)
+        )
+        return y, p
+
+    def validate(self) -> dict[str, Any]:
+        """This epoch's validation metrics (empty without validation data)."""
+        if self.make_val is None:
+            return {}
+        y, p = self.predict(self.make_val())
+        if y.size == 0:
+            return {}
+        return compute_val_metrics(y, p, self.metrics)
+
+
+# --------------------------------------------------------------------------- end of run
+
+
+def final_metrics(
+    run: RunDir,
+    engine: Engine,
+    state: dict[str, Any],
+    *,
+    tta: str = "center",
+    make_eval: Callable[..., Any] | None = None,
+    meta: dict[str, Any] | None = None,
+) -> dict[str, Any] | None:
+    """Evaluate the best model on the validation data; write ``metrics.json``."""
+    if engine.make_val is None or not run.model_path.exists():
+        return None
+    import keras
+
+    import alexkit.layers  # noqa: F401  (custom layers for deserialisation)
+    import alexkit.optim  # noqa: F401  (PaperSGD for deserialisation)
+
+    if state["best"]["epoch"] != state["epoch"]:
+        # The model in memory is the last epoch's: restore the best one.
+        if engine.best_weights is not None:
+            engine.model.set_weights(engine.best_weights)
+        else:  # best epoch was before a resume: read it from disk
+            engine.model = keras.saving.load_model(run.model_path, compile=False)
+    dataset = make_eval(tta, with_paths=True) if make_eval is not None else engine.make_val()
+    items: list[str] = []
+    y, p = engine.predict(dataset, items)
+    if y.size == 0:
+        return None
+    from alexkit.evaluate import compute_report, group_eval, group_report
+
+    report = compute_report(
+        y, p, engine.data.class_names, paths=items if len(items) == len(y) else None
+    )
+    if report.paths is not None and any("#" in item for item in report.paths):
+        # Frames of clips / slices of volumes: also score one row per source.
+        report.groups = group_report(report, group_eval(report))
+    metrics = report.to_dict()
+    metrics.update({"val_" + k: v for k, v in compute_val_metrics(y, p, engine.metrics).items()})
+    metrics["meta"] = {
+        **metrics.get("meta", {}),
+        "split": "validation",
+        "tta": tta,
+        "model": str(run.model_path),
+        **(meta or {}),
+    }
+    from alexkit.paths import atomic_write_text
+
+    atomic_write_text(run.metrics_path, json.dumps(metrics, indent=2, default=str) + "\n")
+    return metrics
+
+
+def run_result(
+    run: RunDir,
+    engine: Engine,
+    state: dict[str, Any],
+    *,
+    resumed: bool,
+    t0: float,
+    metrics: dict[str, Any] | None,
+    weights_name: str | None = None,
+) -> RunResult:
+    """The :class:`RunResult` of a finished run."""
+    return RunResult(
+        run_dir=run.path,
+        model_path=run.model_path,
+        history=list(state["history"]),
+        monitor=engine.monitor,
+        best_epoch=state["best"]["epoch"],
+        best_value=state["best"]["value"],
+        metrics=metrics,
+        resumed=resumed,
+        seconds=time.perf_counter() - t0,
+        first_batch_loss=None if resumed else engine.first_batch_loss,
+        weights_name=weights_name,
+    )

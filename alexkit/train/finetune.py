@@ -1,0 +1,318 @@
+"""``finetune``: a pretrained AlexNet, a new head, and a recipe's stages on your images."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+from alexkit.errors import DataError, UsageError, WeightsError
+from alexkit.recipes import Recipe
+from alexkit.runs import RunDir
+from alexkit.train.common import (
+    ProgressFn,
+    RunResult,
+    check_resume_config,
+    data_fingerprint,
+    emit,
+    fingerprint,
+    merge_saved_args,
+    resolve_out,
+    seed_everything,
+    versions,
+)
+from alexkit.train.engine import Engine, final_metrics, run_result
+from alexkit.train.plan import (
+    DataPlan,
+    StagePlan,
+    check_labels,
+    class_weights,
+    digits_path,
+    load_recipe,
+    load_specs,
+    make_dataset_fns,
+    metrics_from_recipe,
+    preprocessing,
+    stages_from_recipe,
+)
+
+
+def finetune(
+    recipe: Any,
+    data: str | Path | None = None,
+    *,
+    val: str | Path | None = None,
+    weights: str | None = None,
+    out: str | Path | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    seed: int | None = None,
+    resume: bool = False,
+    force: bool = False,
+    progress: ProgressFn | None = None,
+    steps_per_epoch: int | None = None,
+    checkpoint_every: int | None = None,
+    jit: bool | None = False,
+) -> RunResult:
+    """Fine-tune AlexNet on a folder of images following a recipe.
+
+    Stage 1 usually trains only the new head (everything below keeps the pretrained
+    weights bit-identical); stage 2 unfreezes from ``trainable_from`` at a lower rate.
+    Options given here beat the recipe, the recipe beats the defaults.
+
+    Args:
+        recipe: a built-in recipe name, a TOML file, or a loaded ``Recipe``; None means
+            the run's own recipe when resuming, else the default recipe.
+        data: training images (any layout :func:`alexkit.data.load_spec` reads); may be
+            omitted for a recipe with built-in data (``digits``).
+        val: validation images; default: the data's own ``val`` split.
+        weights: ``"imagenet"`` (default: the store's ImageNet entry for the recipe's
+            variant), ``"none"`` (random init), a store name or a ``.keras`` file.
+        out: run directory (default ``runs/finetune-<time>``).
+        epochs: epochs per stage (overrides the recipe).
+        batch_size: batch size (overrides the recipe).
+        lr: learning rate of the first stage (overrides the recipe; later stages keep
+            their ratio to the first).
+        seed: run seed (shuffling, augmentation, dropout, head init).
+        resume: continue the run in ``out`` from its newest checkpoint.
+        force: delete ``out`` first if it holds anything.
+        progress: called with one event dict per step/epoch/stage (never prints).
+        steps_per_epoch: cap/extend each epoch to this many batches.
+        checkpoint_every: also checkpoint every N steps (epoch ends always are).
+        jit: XLA-compile the train step (None: Keras' "auto").
+
+    Returns:
+        A :class:`RunResult`.
+
+    Raises:
+        RecipeError, WeightsError, DataError, CheckpointError, Interrupted.
+    """
+    t0 = time.perf_counter()
+    out_path = resolve_out(out, "finetune")
+    args = merge_saved_args(
+        out_path,
+        resume,
+        {
+            "recipe": _recipe_arg(recipe),
+            "data": None if data is None else str(Path(data).resolve()),
+            "val": None if val is None else str(Path(val).resolve()),
+            "weights": weights,
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "lr": lr,
+            "seed": seed,
+            "steps_per_epoch": steps_per_epoch,
+        },
+    )
+    # On resume, --recipe/--data/--val may be left out: the run's own are used.
+    if recipe is None or isinstance(recipe, (str, Path)):
+        recipe = args["recipe"]
+    overrides = {k: args[k] for k in ("epochs", "batch_size", "lr", "seed")}
+    rec, rec_dict, rec_fp = load_recipe(recipe, overrides)
+    seed = int(rec.seed if args["seed"] is None else args["seed"])
+    weights = args["weights"] or "imagenet"
+    data = _training_data(args["data"], rec)
+    if not resume and weights != "none":
+        # Fail before touching --out when the weights are missing (the message lists
+        # the three ways to get them).
+        from alexkit.weights import resolve_weights
+
+        resolve_weights(weights, _weights_variant(weights, rec.variant))
+    run = RunDir.prepare(out_path, resume=resume, force=force)
+    seed_everything(seed)
+    saved = run.read_config() if resume else None
+    train_spec, val_spec = _specs(rec, data, args["val"], seed=seed, saved=saved)
+    class_names = list(train_spec.class_names)
+    if resume and saved is not None:
+        variant = saved.get("variant", rec.variant)
+    else:
+        variant = rec.variant if weights == "none" else _weights_variant(weights, rec.variant)
+    plan = _data_plan(rec, variant, train_spec, val_spec)
+    stages = stages_from_recipe(rec)
+    monitor, wanted = metrics_from_recipe(rec)
+    weight_of_class = class_weights(rec, train_spec)
+    config = _config(
+        rec, rec_dict, plan, variant, stages, args, data, weights,
+        fingerprint=fingerprint([rec_fp, weights, args["steps_per_epoch"]]),
+        seed=seed, monitor=monitor, metrics=wanted, class_weight=weight_of_class,
+    )  # fmt: skip
+    if resume:
+        check_resume_config(run, config)
+    else:
+        run.write_config(config)
+
+    def build_model() -> Any:
+        # On resume every variable comes from the checkpoint: build the architecture only.
+        return _finetune_model(
+            weights, variant, len(class_names), rec, seed, load_weights=not resume
+        )
+
+    make_train, make_val, make_eval = make_dataset_fns(plan, seed)
+    engine = Engine(
+        run=run,
+        build_model=build_model,
+        stages=stages,
+        data=plan,
+        make_train=make_train,
+        make_val=make_val,
+        monitor=monitor,
+        metrics=wanted,
+        class_weight=weight_of_class,
+        seed=seed,
+        steps_per_epoch=args["steps_per_epoch"],
+        checkpoint_every=checkpoint_every,
+        jit=jit,
+        progress=progress,
+        resume=resume,
+    )
+    state = engine.run_all()
+    # End of run: the best model evaluated on the validation data (metrics.json).
+    metrics = final_metrics(run, engine, state, make_eval=make_eval)
+    emit(progress, "done", run_dir=str(run.path))
+    return run_result(run, engine, state, resumed=resume, t0=t0, metrics=metrics)
+
+
+def _recipe_arg(recipe: Any) -> str | None:
+    """How ``config.json`` records the recipe: a resolved file path, a name, or None."""
+    if isinstance(recipe, (str, Path)):
+        return str(Path(recipe).resolve()) if Path(recipe).is_file() else str(recipe)
+    return None if recipe is None else recipe.name
+
+
+def _training_data(data: str | None, rec: Recipe) -> Path:
+    if data is None:
+        if not rec.builtin_data:
+            raise UsageError("--data is required for this recipe (it has no built-in data).")
+        return digits_path()
+    path = Path(data)
+    if not path.exists():
+        raise DataError(f"--data {path} does not exist.")
+    return path
+
+
+def _specs(
+    rec: Recipe, data: Path, val: str | None, *, seed: int, saved: dict[str, Any] | None
+) -> tuple[Any, Any]:
+    """Train and validation specs; a resumed run keeps its saved class order."""
+    train_spec, val_spec = load_specs(
+        data,
+        val,
+        seed=seed,
+        class_names=saved.get("class_names") if saved else rec.classes,
+        val_fraction=float(rec.val_fraction),
+        media_options=rec.media,
+    )
+    check_labels(train_spec, str(data))
+    count = len(train_spec.class_names)
+    if count < 2:
+        raise DataError(f"{data}: found {count} class; finetuning needs at least 2.")
+    return train_spec, val_spec
+
+
+def _data_plan(rec: Recipe, variant: str, train_spec: Any, val_spec: Any) -> DataPlan:
+    from alexkit.model import VARIANTS
+
+    return DataPlan(
+        train=train_spec,
+        val=val_spec,
+        class_names=list(train_spec.class_names),
+        image_size=int(VARIANTS[variant]["image_size"]),
+        batch_size=int(rec.batch_size),
+        augment=rec.augment,
+        grayscale=rec.grayscale,
+        num_train=len(train_spec),
+    )
+
+
+def _config(
+    rec: Recipe,
+    rec_dict: dict[str, Any],
+    plan: DataPlan,
+    variant: str,
+    stages: list[StagePlan],
+    args: dict[str, Any],
+    data: Path,
+    weights: str,
+    *,
+    fingerprint: str,
+    seed: int,
+    monitor: str,
+    metrics: list[str],
+    class_weight: dict[int, float] | None,
+) -> dict[str, Any]:
+    """The run's ``config.json``."""
+    val = args["val"]
+    return {
+        "kind": "finetune",
+        "class_names": plan.class_names,
+        "variant": variant,
+        "image_size": plan.image_size,
+        "grayscale": plan.grayscale,
+        "recipe": rec_dict,
+        "args": args,
+        "resolved": {
+            "seed": seed,
+            "batch_size": plan.batch_size,
+            "weights": weights,
+            "recipe_variant": rec.variant,
+            "monitor": monitor,
+            "metrics": metrics,
+            "class_weight": class_weight,
+            "stages": [dataclasses.asdict(s) for s in stages],
+        },
+        "preprocessing": preprocessing(variant, plan),
+        "data": {
+            "train": str(data),
+            "val": None if val is None else str(val),
+            "num_train": len(plan.train),
+            "num_val": 0 if plan.val is None else len(plan.val),
+        },
+        "versions": versions(),
+        "fingerprints": {
+            "recipe": fingerprint,
+            "data": data_fingerprint(plan.train, plan.val),
+        },
+    }
+
+
+def _weights_variant(weights: str, variant: str) -> str:
+    """A ``.keras`` file decides its own variant; store entries are checked by the store."""
+    path = Path(weights).expanduser()
+    if path.is_file() and path.name.endswith(".keras"):
+        import zipfile
+
+        try:
+            with zipfile.ZipFile(path) as zf:
+                config = zf.read("config.json").decode()
+        except (OSError, KeyError, zipfile.BadZipFile) as err:
+            raise WeightsError(f"{path}: not a readable .keras file ({err}).") from err
+        return "original" if '"lrn1"' in config else "torchvision"
+    return variant
+
+
+def _finetune_model(
+    weights: str, variant: str, num_classes: int, rec: Recipe, seed: int, *, load_weights: bool
+) -> Any:
+    """The model to fine-tune: pretrained body + new head sized for the data's classes.
+
+    Args:
+        weights: ``"none"`` (random init, the plain network) or a ``--weights`` spec.
+        load_weights: False builds the pretrained model's architecture without reading
+            the weights (a resumed run restores every variable from its checkpoint).
+    """
+    from alexkit.model import build_alexnet, replace_head
+
+    if weights == "none":
+        return build_alexnet(variant, num_classes=num_classes, seed=seed)
+    if load_weights:
+        from alexkit.weights import load_weights_model
+
+        base = load_weights_model(weights, variant)
+    else:
+        base = build_alexnet(variant, num_classes=1000, seed=seed)
+    head = rec.head
+    return replace_head(
+        base, num_classes, dropout=head.dropout, hidden_units=head.hidden_units, seed=seed
+    )

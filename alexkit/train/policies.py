@@ -1,0 +1,296 @@
+"""The per-epoch decisions of the engine, each a small object with its own state.
+
+At every epoch end the engine asks them in this order (never change it: resumed and
+multi-worker runs rely on it): :class:`BestModel` (save ``model.keras`` when the
+monitored metric improved), :class:`EarlyStop` (end the stage after ``patience``
+epochs without improvement), :class:`Schedule` (hand the epoch's error to the LR
+schedule), :class:`Checkpoints` (an atomic checkpoint) and :class:`HistoryLog`
+(``history.csv`` and TensorBoard). Their state travels in the checkpoint's
+``state.json`` under the keys each one names.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from alexkit.errors import CheckpointError
+from alexkit.runs import CheckpointManager, RunDir
+from alexkit.train.common import ProgressFn, emit
+from alexkit.train.plan import StagePlan, monitor_mode
+
+
+def monitored(row: dict[str, Any], metric: str) -> float | None:
+    """``row[metric]``; without validation data a ``val_`` metric falls back to the train one."""
+    value = row.get(metric)
+    if value is None and metric.startswith("val_"):
+        value = row.get(metric[4:])
+    return None if value is None else float(value)
+
+
+def better(value: float | None, best: float | None, mode: str) -> bool:
+    """Whether ``value`` improves on ``best`` (``mode`` ``min``/``max``; NaN never does)."""
+    if value is None or not math.isfinite(value):
+        return False
+    if best is None:
+        return True
+    return value < best if mode == "min" else value > best
+
+
+class BestModel:
+    """Keeps the best model by the monitored metric (state key ``best``).
+
+    Args:
+        monitor: the metric (``val_accuracy``, ``loss``, ...).
+        save: writes the model to ``model.keras``.
+    """
+
+    def __init__(self, monitor: str, save: Callable[[Any], None]):
+        self.monitor = monitor
+        self.mode = monitor_mode(monitor)
+        self.save = save
+        self.value: float | None = None
+        self.epoch: int | None = None
+        # Kept in memory so the final evaluation need not reload model.keras.
+        self.weights: list[np.ndarray] | None = None
+
+    def update(self, row: dict[str, Any], model: Any) -> bool:
+        """Record the epoch in ``row``; save the model if it improved. Returns improved."""
+        value = monitored(row, self.monitor)
+        improved = better(value, self.value, self.mode)
+        if improved:
+            self.value, self.epoch = value, int(row["epoch"])
+            self.save(model)
+            self.weights = [np.array(v.numpy()) for v in model.weights]
+        return improved
+
+    def error(self, row: dict[str, Any]) -> float | None:
+        """The epoch's error for an LR schedule: the monitored loss, or 1 - the metric."""
+        value = monitored(row, self.monitor)
+        if value is None:
+            return None
+        return value if self.mode == "min" else 1.0 - value
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.value, self.epoch = state["value"], state["epoch"]
+
+
+class EarlyStop:
+    """Ends a stage when its metric stalls (``stage_best``, ``stage_wait``, ``stage_done``).
+
+    It counts within the stage, on the stage's own ``early_stopping`` metric; every new
+    stage starts afresh (:meth:`reset`).
+    """
+
+    def __init__(self) -> None:
+        self.best: float | None = None
+        self.wait = 0
+        self.done = False
+
+    def reset(self) -> None:
+        self.best, self.wait, self.done = None, 0, False
+
+    def update(self, row: dict[str, Any], config: dict[str, Any] | None) -> None:
+        """Count the epoch in ``row``; mark ``row["early_stop"]`` when the stage ends.
+
+        Args:
+            row: the epoch's history row.
+            config: the stage's ``{"metric", "patience", "mode"}``, or None (never stops).
+        """
+        if not config:
+            return
+        value = monitored(row, config["metric"])
+        if better(value, self.best, config["mode"]):
+            self.best, self.wait = value, 0
+            return
+        self.wait += 1
+        if self.wait >= int(config["patience"]):
+            self.done = True
+            row["early_stop"] = 1
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.wait = state["stage_best"], state["stage_wait"]
+        self.done = bool(state["stage_done"])
+
+
+class Schedule:
+    """The stage's LR schedule (state key ``schedule``): the rate of each epoch, and the
+    epoch's error handed to it at the end (a plateau schedule decides on it)."""
+
+    def __init__(self) -> None:
+        self.schedule: Any = None
+
+    def start_stage(self, stage: StagePlan, saved: dict[str, Any] | None) -> None:
+        """Build the stage's schedule; continue from ``saved`` (a checkpoint's) if given."""
+        from alexkit.optim import build_lr_schedule
+
+        params = {k: v for k, v in stage.schedule.items() if k != "kind"}
+        self.schedule = build_lr_schedule(
+            stage.schedule.get("kind", "constant"), stage.lr, **params
+        )
+        if saved is not None:
+            self.schedule.load_state_dict(saved)
+
+    def lr(self, stage_epoch: int) -> float:
+        return float(self.schedule.lr_for_epoch(stage_epoch))
+
+    def end_epoch(self, stage_epoch: int, error: float | None) -> None:
+        self.schedule.end_epoch(stage_epoch, error)
+
+    def state_dict(self) -> dict[str, Any] | None:
+        return self.schedule.state_dict() if self.schedule is not None else None
+
+
+class Checkpoints:
+    """Atomic checkpoints (model variables, optimizer variables, loop state) and model files.
+
+    Args:
+        run: the run directory written to.
+        every: also checkpoint every N global steps (None: epoch ends only).
+        writes: False on non-chief workers, which write nothing.
+        restore_dir: where to resume from when not ``run``'s own checkpoints (a worker
+            resumes from the chief's).
+        progress: event callback.
+    """
+
+    def __init__(
+        self,
+        run: RunDir,
+        *,
+        every: int | None,
+        writes: bool = True,
+        restore_dir: Path | None = None,
+        progress: ProgressFn | None = None,
+    ):
+        self.every = every
+        self.writes = writes
+        self.progress = progress
+        self.manager = CheckpointManager(run.checkpoint_dir)
+        self.restore_from = CheckpointManager(restore_dir) if restore_dir else self.manager
+
+    def due(self, global_step: int) -> bool:
+        """Whether step ``global_step`` ends a ``checkpoint_every`` period."""
+        return bool(self.every) and global_step % self.every == 0
+
+    def save(self, model: Any, state: dict[str, Any]) -> Path:
+        """Write a checkpoint of ``model``, its optimizer and ``state``; return its folder."""
+        if not self.writes:
+            return self.restore_from.directory
+        state = dict(state)
+        model_arrays = [np.asarray(v.numpy()) for v in model.variables]
+        optimizer_variables = list(model.optimizer.variables)
+        optimizer_arrays = [np.asarray(v.numpy()) for v in optimizer_variables]
+        # Optimizer slot names derive from layer names, so they identify slots across runs.
+        state["optimizer_paths"] = [v.path for v in optimizer_variables]
+        path = self.manager.save(model_arrays, optimizer_arrays, state)
+        emit(self.progress, "checkpoint", path=str(path), global_step=state["global_step"])
+        return path
+
+    def load_latest(self) -> tuple[dict[str, Any], list[np.ndarray], list[np.ndarray], Path]:
+        """The newest complete checkpoint: ``(state, model_arrays, optimizer_arrays, folder)``."""
+        return self.restore_from.load_latest()
+
+    def save_model(self, model: Any, path: Path) -> None:
+        """Save ``model`` as a ``.keras`` file atomically (chief only)."""
+        if not self.writes:
+            return
+        from alexkit.paths import atomic_path
+
+        with atomic_path(path, suffix=".keras") as tmp:
+            model.save(tmp)
+
+    @staticmethod
+    def restore_optimizer(
+        optimizer: Any, arrays: Sequence[np.ndarray], paths: Sequence[str] | None
+    ) -> None:
+        """Assign saved optimizer arrays, matched by variable path when the names agree."""
+        assign(_ordered_like(optimizer.variables, paths), arrays, "optimizer")
+
+
+def assign(variables: Sequence[Any], arrays: Sequence[np.ndarray], what: str) -> None:
+    """Assign checkpoint ``arrays`` to ``variables`` after checking count and shapes."""
+    if len(variables) != len(arrays):
+        raise CheckpointError(
+            f"checkpoint holds {len(arrays)} {what} variables but the run has "
+            f"{len(variables)}; the checkpoint is from another model or stage."
+        )
+    for var, arr in zip(variables, arrays, strict=False):
+        if tuple(var.shape) != tuple(arr.shape):
+            raise CheckpointError(
+                f"checkpoint {what} variable {var.path} has shape {arr.shape}, "
+                f"expected {tuple(var.shape)}; it is from another model."
+            )
+    for var, arr in zip(variables, arrays, strict=False):
+        var.assign(arr)
+
+
+def _ordered_like(variables: Sequence[Any], paths: Sequence[str] | None) -> list[Any]:
+    """``variables`` in the order of saved ``paths`` when the names match one to one."""
+    variables = list(variables)
+    if not paths:
+        return variables
+    by_path = {v.path: v for v in variables}
+    if len(by_path) != len(variables) or set(by_path) != set(paths) or len(paths) != len(by_path):
+        return variables  # fall back to order; assign checks count and shapes
+    return [by_path[p] for p in paths]
+
+
+class HistoryLog:
+    """``history.csv`` (one row per epoch, rewritten atomically) and TensorBoard scalars."""
+
+    def __init__(self, run: RunDir):
+        self.run = run
+        self.writers: dict[str, Any] = {}
+
+    def open(self) -> None:
+        import tensorflow as tf
+
+        self.writers = {
+            "train": tf.summary.create_file_writer(str(self.run.logs_dir / "train")),
+            "validation": tf.summary.create_file_writer(str(self.run.logs_dir / "validation")),
+        }
+
+    def close(self) -> None:
+        for writer in self.writers.values():
+            writer.close()
+
+    def write_history(self, history: Sequence[dict[str, Any]]) -> None:
+        self.run.write_history(history)
+
+    def batch_loss(self, global_step: int, loss: float) -> None:
+        with self.writers["train"].as_default(step=global_step):
+            _scalar("batch_loss", loss)
+
+    def end_epoch(self, history: Sequence[dict[str, Any]], row: dict[str, Any]) -> None:
+        """Rewrite ``history.csv``; write the row's numbers to the train/validation logs."""
+        self.write_history(history)
+        for name, writer in self.writers.items():
+            with writer.as_default(step=int(row["epoch"])):
+                for key, val in row.items():
+                    if isinstance(val, (int, float)) and key not in ("epoch", "stage", "best"):
+                        is_val = key.startswith("val_")
+                        if (name == "validation") == is_val:
+                            _scalar(key[4:] if is_val else key, val)
+            writer.flush()
+
+
+def _scalar(name: str, value: float) -> None:
+    """``tf.summary.scalar`` without needing the ``tensorboard`` package installed.
+
+    Writes the same event (scalars plugin metadata) that TensorBoard's own op writes.
+    """
+    import tensorflow as tf
+    from tensorflow.core.framework import summary_pb2
+
+    metadata = summary_pb2.SummaryMetadata(
+        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
+        data_class=summary_pb2.DATA_CLASS_SCALAR,
+    )
+    tf.summary.write(name, tf.constant(float(value), tf.float32), metadata=metadata)
