@@ -187,22 +187,11 @@ def run_demo(
     Raises:
         CheckpointError: ``out`` exists and is not empty (without ``force``).
     """
-    from alexkit import datasets, train
-    from alexkit.data import load_spec
-    from alexkit.evaluate import evaluate_model, load_trained
-    from alexkit.extract import extract_features
-    from alexkit.report import write_report
+    from alexkit import datasets
 
     t0 = time.perf_counter()
     size = SIZES["quick" if quick else "full"]
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not force:
-            raise CheckpointError(
-                f"{out} already holds files: choose another --out or add --force to replace it."
-            )
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _empty_folder(Path(out), force)
     artefacts: dict[str, Path] = {}
 
     _say(progress, "Materialising scikit-learn's digits as PNG folders (no download)")
@@ -212,6 +201,47 @@ def run_demo(
     artefacts["target manifest"] = target_csv
 
     _say(progress, f"Pretraining AlexNet on digits 0-4 ({size.source_per_class} per digit)")
+    artefacts["pretrained model"] = _pretrain(source_csv, out, size, seed, train_progress)
+    starts = {"transfer": artefacts["pretrained model"], "scratch": _scratch_init(out, seed)}
+
+    rows = []
+    for approach, weights in starts.items():
+        _say(progress, f"Fine-tuning on digits 5-9, {size.shots} labelled per digit ({approach})")
+        run = _finetune(approach, weights, target_csv, out, size, seed, train_progress)
+        _say(progress, f"Evaluating the {approach} model on held-out digits 5-9")
+        row, matrix, (model, test_spec, config) = _evaluate(approach, run, target_csv, out, size)
+        rows.append(row)
+        artefacts[f"{approach} confusion matrix"] = matrix
+        if approach == "transfer":
+            _say(progress, "Extracting fc7 features of the test images to CSV")
+            artefacts["fc7 features"] = _extract_fc7(model, test_spec, config, out, size)
+
+    result = DemoResult(out=out, rows=rows, artefacts=artefacts, quick=quick)
+    result.seconds = time.perf_counter() - t0
+    summary = out / "summary.json"
+    result.artefacts["summary"] = summary
+    atomic_write_text(summary, json.dumps(result.to_dict(), indent=2) + "\n")
+    return result
+
+
+def _empty_folder(out: Path, force: bool) -> Path:
+    """``out``, created and empty; one holding files is refused unless ``force`` empties it."""
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise CheckpointError(
+                f"{out} already holds files: choose another --out or add --force to replace it."
+            )
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _pretrain(
+    source_csv: Path, out: Path, size: DemoSize, seed: int, train_progress: Callable | None
+) -> Path:
+    """Pretrain on the source digits; returns the model file."""
+    from alexkit import train
+
     pre = train.pretrain(
         source_csv,
         variant="original",
@@ -229,66 +259,92 @@ def run_demo(
         register=False,
         progress=train_progress,
     )
-    artefacts["pretrained model"] = pre.model_path
+    return pre.model_path
 
-    # "Scratch" starts from the very initialisation pretraining started from (He, same
-    # seed), untrained: the comparison isolates what pretraining on 0-4 contributed.
+
+def _scratch_init(out: Path, seed: int) -> Path:
+    """The very initialisation pretraining started from (He, same seed), untrained.
+
+    Fine-tuning from it isolates what pretraining on 0-4 contributed.
+    """
     from alexkit.model import build_alexnet
 
-    scratch_init = out / "scratch-init.keras"
+    path = out / "scratch-init.keras"
     build_alexnet("original", num_classes=len(SOURCE_DIGITS), kernel_init="he", seed=seed).save(
-        scratch_init
+        path
+    )
+    return path
+
+
+def _finetune(
+    approach: str,
+    weights: Path,
+    target_csv: Path,
+    out: Path,
+    size: DemoSize,
+    seed: int,
+    train_progress: Callable | None,
+) -> Any:
+    """Fine-tune ``weights`` on the few labelled target digits; returns the run."""
+    from alexkit import train
+
+    return train.finetune(
+        FINETUNE_RECIPE,
+        target_csv,
+        weights=str(weights),
+        out=out / f"finetune-{approach}",
+        epochs=size.finetune_epochs,
+        batch_size=size.finetune_batch_size,
+        seed=seed,
+        progress=train_progress,
     )
 
-    rows = []
-    for approach, weights in (("transfer", str(pre.model_path)), ("scratch", str(scratch_init))):
-        _say(progress, f"Fine-tuning on digits 5-9, {size.shots} labelled per digit ({approach})")
-        run = train.finetune(
-            FINETUNE_RECIPE,
-            target_csv,
-            weights=weights,
-            out=out / f"finetune-{approach}",
-            epochs=size.finetune_epochs,
-            batch_size=size.finetune_batch_size,
-            seed=seed,
-            progress=train_progress,
-        )
-        _say(progress, f"Evaluating the {approach} model on held-out digits 5-9")
-        model, class_names, config = load_trained(run.run_dir)
-        test_spec = load_spec(target_csv, class_names=class_names, split="test")
-        report = evaluate_model(
-            model, test_spec, class_names=class_names, config=config, batch_size=size.batch_size
-        )
-        written = write_report(report, out / f"evaluate-{approach}")
-        artefacts[f"{approach} confusion matrix"] = written["confusion_matrix.png"]
-        rows.append(
-            {
-                "approach": approach,
-                "weights": "pretrained on digits 0-4"
-                if approach == "transfer"
-                else "random (same He init, untrained)",
-                "labelled_images": size.shots * len(TARGET_DIGITS),
-                "test_images": int(len(test_spec)),
-                "accuracy": round(float(report.accuracy), 4),
-                "macro_f1": round(float(report.macro["f1"]), 4),
-                "seconds": round(run.seconds, 1),
-            }
-        )
-        if approach == "transfer":
-            _say(progress, "Extracting fc7 features of the test images to CSV")
-            features = extract_features(
-                model,
-                test_spec,
-                out / "features-fc7.csv",
-                layer="fc7",
-                batch_size=size.batch_size,
-                grayscale=bool(config.get("grayscale", False)),
-            )
-            artefacts["fc7 features"] = features.path
 
-    result = DemoResult(out=out, rows=rows, artefacts=artefacts, quick=quick)
-    result.seconds = time.perf_counter() - t0
-    summary = out / "summary.json"
-    result.artefacts["summary"] = summary
-    atomic_write_text(summary, json.dumps(result.to_dict(), indent=2) + "\n")
-    return result
+def _evaluate(
+    approach: str, run: Any, target_csv: Path, out: Path, size: DemoSize
+) -> tuple[dict[str, Any], Path, tuple[Any, Any, dict[str, Any]]]:
+    """Evaluate a fine-tuned run on the held-out target digits and write its report.
+
+    Returns:
+        (the summary row, the confusion-matrix image, (the loaded model, the test
+        DatasetSpec, the run's config)).
+    """
+    from alexkit.data import load_spec
+    from alexkit.evaluate import evaluate_model, load_trained
+    from alexkit.report import write_report
+
+    model, class_names, config = load_trained(run.run_dir)
+    test_spec = load_spec(target_csv, class_names=class_names, split="test")
+    report = evaluate_model(
+        model, test_spec, class_names=class_names, config=config, batch_size=size.batch_size
+    )
+    written = write_report(report, out / f"evaluate-{approach}")
+    row = {
+        "approach": approach,
+        "weights": "pretrained on digits 0-4"
+        if approach == "transfer"
+        else "random (same He init, untrained)",
+        "labelled_images": size.shots * len(TARGET_DIGITS),
+        "test_images": int(len(test_spec)),
+        "accuracy": round(float(report.accuracy), 4),
+        "macro_f1": round(float(report.macro["f1"]), 4),
+        "seconds": round(run.seconds, 1),
+    }
+    return row, written["confusion_matrix.png"], (model, test_spec, config)
+
+
+def _extract_fc7(
+    model: Any, test_spec: Any, config: dict[str, Any], out: Path, size: DemoSize
+) -> Path:
+    """Write the fc7 features of the test images to CSV; returns the file."""
+    from alexkit.extract import extract_features
+
+    features = extract_features(
+        model,
+        test_spec,
+        out / "features-fc7.csv",
+        layer="fc7",
+        batch_size=size.batch_size,
+        grayscale=bool(config.get("grayscale", False)),
+    )
+    return features.path
