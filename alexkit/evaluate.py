@@ -45,6 +45,14 @@ class EvalReport:
         meta: free-form context (model, data, tta) copied into ``metrics.json``.
         group_eval: the full clip/volume-level ``EvalReport`` (one row per source;
             ``predictions`` of it go to ``group_predictions.csv``), or None.
+        item_groups: per item, the unit the bootstrap resamples (patient/series group,
+            else the clip/volume file, else the item itself).
+        intervals: confidence intervals (:class:`alexkit.stats.Intervals`), or None.
+        calibration: ECE, Brier, NLL and reliability bins
+            (:func:`alexkit.calibration.calibration_summary`), plus the temperature applied.
+        operating_points: binary tasks: metrics at the run's saved thresholds, or None.
+        leakage: overlap with the run's training/validation data, or None when unchecked.
+        subgroups: per-attribute, per-value metrics with intervals, or None.
     """
 
     class_names: list[str]
@@ -66,6 +74,12 @@ class EvalReport:
     groups: dict[str, Any] | None = None
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
     group_eval: EvalReport | None = dataclasses.field(default=None, repr=False)
+    item_groups: list[str] | None = dataclasses.field(default=None, repr=False)
+    intervals: Any = dataclasses.field(default=None, repr=False)
+    calibration: dict[str, Any] | None = None
+    operating_points: dict[str, Any] | None = None
+    leakage: dict[str, Any] | None = None
+    subgroups: dict[str, Any] | None = None
 
     @property
     def num_samples(self) -> int:
@@ -108,9 +122,44 @@ class EvalReport:
                 out["binary"]["roc_curve"] = {k: np.asarray(v).tolist() for k, v in curve.items()}
         if self.groups is not None:
             out["groups"] = _jsonable(self.groups)
+        if self.intervals is not None:
+            out.update(intervals_dict(self.intervals))
+        if self.calibration is not None:
+            out["calibration"] = _jsonable(self.calibration)
+        if self.operating_points is not None:
+            out["operating_points"] = _jsonable(self.operating_points)
+        if self.leakage is not None:
+            out["leakage"] = _jsonable(self.leakage)
+        if self.subgroups is not None:
+            out["subgroups"] = _jsonable(self.subgroups)
         if self.meta:
             out["meta"] = _jsonable(self.meta)
         return out
+
+
+def intervals_dict(intervals: Any) -> dict[str, Any]:
+    """``ci``, ``ci_level``, ``ci_method`` and ``ci_bootstrap`` for ``metrics.json``.
+
+    ``ci`` and ``ci_method`` are keyed by the dotted path of the point estimate in
+    ``metrics.json`` (``accuracy``, ``macro_avg.f1``, ``per_class.<name>.recall``,
+    ``binary.roc_auc``, …); an undefined bound is null.
+    """
+    return {
+        "ci": {k: [_finite(lo), _finite(hi)] for k, (lo, hi) in intervals.ci.items()},
+        "ci_level": intervals.level,
+        "ci_method": dict(intervals.method),
+        "ci_bootstrap": {
+            "kind": "percentile",
+            "n_boot": intervals.n_boot,
+            "seed": intervals.seed,
+            "resampled": "groups" if intervals.clustered else "items",
+            "num_units": intervals.num_groups,
+        },
+    }
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if x is not None and np.isfinite(x) else None
 
 
 def _jsonable(obj: Any) -> Any:
@@ -137,6 +186,10 @@ def compute_report(
     *,
     threshold: float = 0.5,
     paths: Sequence[str] | None = None,
+    groups: Sequence[str] | None = None,
+    ci_level: float | None = 0.95,
+    n_boot: int = 2000,
+    seed: int = 0,
 ) -> EvalReport:
     """Compute every metric ``alexkit evaluate`` reports from labels and probabilities.
 
@@ -146,6 +199,12 @@ def compute_report(
         class_names: the C class names, in column order.
         threshold: binary tasks only: predict class 1 when ``P(class 1) >= threshold``.
         paths: optional item strings, kept for ``predictions.csv``.
+        groups: per-item group ids (patient, series; "" for none) for the bootstrap.
+            Items without a group are grouped by their source file (frames of one clip,
+            slices of one volume) when ``paths`` are given, else stand alone.
+        ci_level: confidence level of the intervals (:mod:`alexkit.stats`); None skips them.
+        n_boot: bootstrap resamples (0: closed-form intervals only).
+        seed: bootstrap seed.
 
     Returns:
         The filled ``EvalReport``.
@@ -218,6 +277,8 @@ def compute_report(
             "pr_auc": average_precision(positive, scores) if positive.any() else None,
             "sensitivity": float(recall[1]),
             "specificity": float(recall[0]),
+            "ppv": float(precision[1]),
+            "npv": float(precision[0]),
             "tp": int(confusion[1, 1]),
             "fn": int(confusion[1, 0]),
             "fp": int(confusion[0, 1]),
@@ -225,11 +286,31 @@ def compute_report(
             "roc_curve": {"fpr": fpr, "tpr": tpr, "thresholds": thresholds},
         }
 
+    item_groups = resampling_units(paths, groups, y_true.shape[0])
+    intervals = None
+    if ci_level is not None:
+        from alexkit.stats import metric_intervals
+
+        intervals = metric_intervals(
+            y_true,
+            y_pred,
+            probs,
+            names,
+            level=ci_level,
+            n_boot=n_boot,
+            seed=seed,
+            groups=item_groups,
+        )
+    from alexkit.calibration import calibration_summary
+
     return EvalReport(
         class_names=names,
         y_true=y_true,
         y_pred=y_pred,
         probs=probs,
+        item_groups=item_groups,
+        intervals=intervals,
+        calibration=calibration_summary(y_true, probs),
         paths=None if paths is None else [str(p) for p in paths],
         accuracy=float((y_true == y_pred).mean()),
         top5_accuracy=top5,
@@ -243,6 +324,29 @@ def compute_report(
         confusion_normalized=normalized,
         binary=binary,
     )
+
+
+def resampling_units(
+    paths: Sequence[str] | None, groups: Sequence[str] | None, n: int
+) -> list[str] | None:
+    """Per item, what the bootstrap resamples: its group, else its source file, else itself.
+
+    None when every item stands alone (nothing to cluster).
+    """
+    if groups is not None and len(groups) != n:
+        raise UsageError(f"{len(groups)} groups for {n} samples.")
+    if paths is None and groups is None:
+        return None
+    from alexkit.media import parse_item
+
+    units = []
+    for i in range(n):
+        g = str(groups[i]) if groups is not None and groups[i] else ""
+        if not g and paths is not None:
+            source, fields = parse_item(str(paths[i]))
+            g = f"source:{source}" if fields else ""
+        units.append(g)
+    return units if any(units) else None
 
 
 # --------------------------------------------------------------------------- loading
@@ -384,6 +488,18 @@ def load_eval_spec(
     return spec if class_names is None else align_spec(spec, class_names)
 
 
+def run_dir_of(model_or_run: Any) -> Path | None:
+    """The run directory whose ``calibration.json`` / ``data-hashes.json`` apply, or None.
+
+    A run directory is itself; a ``.keras`` file's folder plays that part (as for its
+    ``config.json`` in :func:`load_trained`); an in-memory model has none.
+    """
+    if not isinstance(model_or_run, str | Path):
+        return None
+    path = Path(model_or_run)
+    return path if path.is_dir() else path.parent
+
+
 def evaluate_model(
     model_or_run: Any,
     spec_or_path: Any,
@@ -395,6 +511,12 @@ def evaluate_model(
     config: dict[str, Any] | None = None,
     skipped: Any = None,
     progress: Any = None,
+    ci_level: float | None = 0.95,
+    n_boot: int = 2000,
+    seed: int = 0,
+    calibrate: bool = True,
+    subgroups: str | Path | None = None,
+    check_leaks: bool = True,
 ) -> EvalReport:
     """Run a trained classifier over labelled data and compute its ``EvalReport``.
 
@@ -408,18 +530,30 @@ def evaluate_model(
         config: run config when ``model_or_run`` is a model (image size, grayscale).
         skipped: a ``data.SkipLog`` to collect unreadable images (created when None).
         progress: optional callable ``progress(n_done, n_total)`` called after each batch.
+        ci_level: confidence level of the intervals; None for none.
+        n_boot: bootstrap resamples (groups of the data are resampled whole).
+        seed: bootstrap seed.
+        calibrate: apply the run's saved temperature (``calibration.json``) to the
+            probabilities; False reports the raw ones. Saved thresholds are reported
+            either way (converted to the raw scale when uncalibrated).
+        subgroups: a CSV (``path`` + attribute columns) for per-subgroup metrics.
+        check_leaks: compare the items with the run's ``data-hashes.json`` when present.
 
     Returns:
         The ``EvalReport`` (``meta`` holds tta, sample counts and skipped images).
 
     Raises:
-        DataError: unknown classes, unlabelled or unreadable data.
-        CheckpointError: the model cannot be loaded.
+        DataError: unknown classes, unlabelled or unreadable data, a bad subgroup CSV.
+        CheckpointError: the model, its calibration or its hashes cannot be loaded.
     """
     if tta not in ("center", "ten-crop"):
         raise UsageError(f"--tta must be 'center' or 'ten-crop'; received {tta!r}.")
     if batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1; received {batch_size}.")
+    if ci_level is not None:
+        from alexkit.stats import check_level
+
+        check_level(ci_level)
     if isinstance(model_or_run, str | Path):
         model, names, config = load_trained(model_or_run)
     else:
@@ -428,6 +562,11 @@ def evaluate_model(
         if names is None:
             names = [str(i) for i in range(int(model.output_shape[-1]))]
         config = config or {}
+    run_dir = run_dir_of(model_or_run)
+    from alexkit.calibration import load_calibration
+
+    saved = load_calibration(run_dir) if run_dir is not None else None
+    subgroup_table = load_subgroups(subgroups) if subgroups is not None else None
 
     from alexkit import data as data_mod
 
@@ -460,13 +599,28 @@ def evaluate_model(
     )
     if not len(probs):
         raise DataError(f"{spec.root}: no readable images to evaluate.")
+    temperature = (saved or {}).get("temperature")
+    raw_probs = probs
+    if calibrate and temperature is not None:
+        from alexkit.calibration import apply_temperature
+
+        probs = apply_temperature(probs, float(temperature), from_probs=True)
+    group_of = dict(zip(spec.items, spec.groups, strict=True))
+    item_groups = [group_of.get(p, "") for p in all_paths]
+    ci = {"ci_level": ci_level, "n_boot": n_boot, "seed": seed}
     report = compute_report(
-        labels,
-        probs,
-        names,
-        threshold=threshold,
-        paths=all_paths,
+        labels, probs, names, threshold=threshold, paths=all_paths, groups=item_groups, **ci
     )
+    if report.calibration is not None:
+        report.calibration["temperature"] = temperature if calibrate else None
+        if calibrate and temperature is not None:
+            from alexkit.calibration import calibration_summary
+
+            raw = calibration_summary(report.y_true, raw_probs)
+            report.calibration["uncalibrated"] = {k: raw[k] for k in ("ece", "brier", "nll")}
+    if saved and saved.get("thresholds") and len(names) == 2:
+        scale = None if calibrate or temperature is None else float(temperature)
+        report.operating_points = operating_points(report, saved["thresholds"], scale, **ci)
     skipped_entries = list(getattr(skipped, "entries", []) or [])
     report.meta.update(
         {
@@ -474,13 +628,186 @@ def evaluate_model(
             "threshold": threshold,
             "data": str(getattr(spec, "root", "")),
             "skipped": [{"path": str(p), "reason": str(r)} for p, r in skipped_entries],
+            "calibration": {
+                "file": None if saved is None else "calibration.json",
+                "temperature_applied": temperature if calibrate else None,
+            },
         }
     )
     if isinstance(model_or_run, str | Path):
         report.meta["model"] = str(model_or_run)
     report.group_eval = group_eval(report)
     report.groups = group_report(report, report.group_eval)
+    if check_leaks and run_dir is not None:
+        from alexkit.leakage import check_leakage, load_hashes
+
+        recorded = load_hashes(run_dir)
+        if recorded is not None:
+            report.leakage = check_leakage(all_paths, item_groups, recorded)
+    if subgroup_table is not None:
+        report.subgroups = subgroup_metrics(report, subgroup_table, **ci)
     return report
+
+
+def operating_points(
+    report: EvalReport,
+    thresholds: dict[str, Any],
+    raw_temperature: float | None = None,
+    *,
+    ci_level: float | None = 0.95,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Binary metrics at each saved threshold (chosen on validation data, never here).
+
+    Args:
+        report: a binary report (its probabilities are used as they are).
+        thresholds: ``calibration.json``'s ``thresholds`` (:func:`choose_thresholds`).
+        raw_temperature: when the report holds uncalibrated probabilities but the
+            thresholds were chosen on calibrated ones, the temperature that maps them:
+            ``p >= t`` after scaling is ``logit(p) >= T·logit(t)`` before.
+
+    Returns:
+        ``{name: {"threshold", "sensitivity", "specificity", "ppv", "npv", "accuracy",
+        "ci": {...}, "ci_method": {...}}}``.
+    """
+    out: dict[str, Any] = {}
+    for name, entry in thresholds.items():
+        if not isinstance(entry, dict) or entry.get("threshold") is None:
+            continue
+        t = float(entry["threshold"])
+        if raw_temperature is not None:
+            logit = np.log(t) - np.log1p(-t)
+            t = float(1.0 / (1.0 + np.exp(-raw_temperature * logit)))
+        t = float(np.clip(t, np.nextafter(0.0, 1.0), np.nextafter(1.0, 0.0)))
+        at = compute_report(
+            report.y_true,
+            report.probs,
+            report.class_names,
+            threshold=t,
+            groups=report.item_groups,
+            ci_level=ci_level,
+            n_boot=n_boot,
+            seed=seed,
+        )
+        b = at.binary or {}
+        point = {k: b.get(k) for k in ("sensitivity", "specificity", "ppv", "npv")}
+        point = {"threshold": t, **point, "accuracy": at.accuracy}
+        if "target" in entry:
+            point["target_sensitivity"] = entry["target"]
+        if at.intervals is not None:
+            keys = [f"binary.{k}" for k in ("sensitivity", "specificity", "ppv", "npv")]
+            keys.append("accuracy")
+            point["ci"] = {
+                k.split(".")[-1]: [_finite(v) for v in at.intervals.ci[k]]
+                for k in keys
+                if k in at.intervals.ci
+            }
+            point["ci_method"] = {
+                k.split(".")[-1]: at.intervals.method[k] for k in keys if k in at.intervals.method
+            }
+        out[name] = point
+    return out
+
+
+def load_subgroups(path: str | Path) -> dict[str, Any]:
+    """Read a subgroup CSV: a ``path`` column plus one column per attribute.
+
+    Paths are resolved like manifest paths (relative to the CSV's folder; absolute
+    ones as they are); an item of a clip/volume matches its file's row.
+
+    Returns:
+        ``{"file": str, "attributes": [names], "rows": {resolved path: {attr: value}}}``.
+
+    Raises:
+        DataError: missing file, no ``path`` column, no attribute column, duplicate paths.
+    """
+    import csv
+
+    path = Path(path)
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            rows = list(reader)
+    except OSError as exc:
+        raise DataError(f"cannot read subgroup file {path} ({exc.strerror or exc}).") from exc
+    if "path" not in header:
+        raise DataError(f"{path}: a subgroup CSV needs a 'path' column; found {header}.")
+    attributes = [h for h in header if h and h != "path"]
+    if not attributes:
+        raise DataError(f"{path}: no attribute columns next to 'path' (e.g. site, sex).")
+    table: dict[str, dict[str, str]] = {}
+    for n, row in enumerate(rows, 2):
+        row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+        rel = row.get("path", "")
+        if not rel:
+            raise DataError(f"{path}:{n}: empty path.")
+        full = Path(rel).expanduser()
+        key = str((full if full.is_absolute() else path.parent / full).resolve())
+        if key in table:
+            raise DataError(f"{path}:{n}: {rel} is listed twice.")
+        table[key] = {a: row.get(a, "") for a in attributes}
+    return {"file": str(path), "attributes": attributes, "rows": table}
+
+
+def subgroup_metrics(
+    report: EvalReport,
+    table: dict[str, Any],
+    *,
+    ci_level: float | None = 0.95,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Per attribute and value: n, accuracy, macro F1 (binary: ROC AUC, sensitivity,
+    specificity) with intervals, from the report's items.
+
+    Returns:
+        ``{"file", "matched", "unmatched", "attributes": {attr: {value: {...}}}}``;
+        items with an empty value for an attribute are left out of that attribute.
+    """
+    from alexkit.media import parse_item
+
+    if not report.paths:
+        raise DataError("subgroups need item paths; this report has none.")
+    rows = table["rows"]
+    found = [rows.get(str(Path(parse_item(p)[0]).resolve())) for p in report.paths]
+    matched = sum(r is not None for r in found)
+    keys = ["accuracy", "macro_avg.f1"]
+    if len(report.class_names) == 2:
+        keys += ["binary.roc_auc", "binary.sensitivity", "binary.specificity"]
+    out: dict[str, Any] = {
+        "file": table["file"],
+        "matched": matched,
+        "unmatched": len(found) - matched,
+        "attributes": {},
+    }
+    for attr in table["attributes"]:
+        values = sorted({r[attr] for r in found if r is not None and r[attr]})
+        per_value: dict[str, Any] = {}
+        for value in values:
+            idx = np.array([i for i, r in enumerate(found) if r is not None and r[attr] == value])
+            sub = compute_report(
+                report.y_true[idx],
+                report.probs[idx],
+                report.class_names,
+                threshold=_threshold(report),
+                groups=None if report.item_groups is None else [report.item_groups[i] for i in idx],
+                ci_level=ci_level,
+                n_boot=n_boot,
+                seed=seed,
+            )
+            d = sub.to_dict()
+            entry: dict[str, Any] = {"n": int(idx.size)}
+            for key in keys:
+                head, _, tail = key.partition(".")
+                entry[key] = d[head][tail] if tail else d[head]
+            if sub.intervals is not None:
+                entry["ci"] = {k: d["ci"][k] for k in keys if k in d["ci"]}
+                entry["ci_method"] = {k: d["ci_method"][k] for k in keys if k in d["ci_method"]}
+            per_value[value] = entry
+        out["attributes"][attr] = per_value
+    return out
 
 
 def _decode_str(value: Any) -> str:
@@ -510,8 +837,16 @@ def group_eval(report: EvalReport) -> EvalReport | None:
         # frame-level metrics still stand, a volume label does not exist.
         log.warning("no clip/volume-level metrics: %s", exc)
         return None
+    intervals = report.intervals
     group = compute_report(
-        truth, probs, report.class_names, threshold=_threshold(report), paths=list(keys)
+        truth,
+        probs,
+        report.class_names,
+        threshold=_threshold(report),
+        paths=list(keys),
+        ci_level=None if intervals is None else intervals.level,
+        n_boot=2000 if intervals is None else intervals.n_boot,
+        seed=0 if intervals is None else intervals.seed,
     )
     group.meta["level"] = _level(keys)
     return group
@@ -556,6 +891,9 @@ def group_report(report: EvalReport, group: EvalReport | None = None) -> dict[st
         "per_class": full["per_class"],
         "confusion_matrix": full["confusion_matrix"],
     }
+    for key in ("ci", "ci_level", "ci_method", "ci_bootstrap", "calibration"):
+        if key in full:
+            out[key] = full[key]
     if "binary" in full:
         binary = dict(full["binary"])
         binary.pop("roc_curve", None)

@@ -23,6 +23,7 @@ Pure numpy (scipy only for the normal quantile), no TensorFlow.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -37,6 +38,7 @@ _CHUNK_CELLS = 4_000_000
 BAND_GRID = np.linspace(0.0, 1.0, 101)
 
 
+@functools.lru_cache(maxsize=16)
 def _z(level: float) -> float:
     from scipy.stats import norm
 
@@ -208,14 +210,17 @@ class Intervals:
 
 
 def _percentile(dist: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile interval per column; NaN resamples (metric undefined) are left out."""
     alpha = (1.0 - level) / 2
-    with np.errstate(all="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns stay NaN
-            lo = np.nanquantile(dist, alpha, axis=0)
-            hi = np.nanquantile(dist, 1 - alpha, axis=0)
+    lo = np.full(dist.shape[1], np.nan)
+    hi = np.full(dist.shape[1], np.nan)
+    nan_cols = np.isnan(dist).any(axis=0)
+    if (~nan_cols).any():
+        lo[~nan_cols], hi[~nan_cols] = np.quantile(dist[:, ~nan_cols], [alpha, 1 - alpha], axis=0)
+    for j in np.flatnonzero(nan_cols):
+        col = dist[:, j][~np.isnan(dist[:, j])]
+        if col.size:
+            lo[j], hi[j] = np.quantile(col, [alpha, 1 - alpha])
     return lo, hi
 
 
@@ -374,6 +379,13 @@ def _bootstrap(
     roc_rows: list[np.ndarray] = []
     pr_rows: list[np.ndarray] = []
     col = {name: j for j, name in enumerate(boot_names)}
+    f1_cols = [col[f"per_class.{name}.f1"] for name in names]
+    per_class_cols = None
+    if f"per_class.{names[0]}.recall" in col:
+        per_class_cols = (
+            [col[f"per_class.{name}.recall"] for name in names],
+            [col[f"per_class.{name}.precision"] for name in names],
+        )
     for w in resample_weights(gidx, num_groups, n_boot, seed):
         support = np.asarray((truth.T @ w.T).T)
         npred = np.asarray((predicted.T @ w.T).T)
@@ -387,15 +399,10 @@ def _bootstrap(
         out[:, col["macro_avg.recall"]] = recall.mean(axis=1)
         out[:, col["macro_avg.f1"]] = f1.mean(axis=1)
         out[:, col["weighted_avg.f1"]] = (f1 * support).sum(axis=1) / total
-        for k, name in enumerate(names):
-            out[:, col[f"per_class.{name}.f1"]] = f1[:, k]
-            if f"per_class.{name}.recall" in col:
-                out[:, col[f"per_class.{name}.recall"]] = _safe_div(
-                    tp[:, k], support[:, k], math.nan
-                )
-                out[:, col[f"per_class.{name}.precision"]] = _safe_div(
-                    tp[:, k], npred[:, k], math.nan
-                )
+        out[:, f1_cols] = f1
+        if per_class_cols is not None:
+            out[:, per_class_cols[0]] = _safe_div(tp, support, math.nan)
+            out[:, per_class_cols[1]] = _safe_div(tp, npred, math.nan)
         if "accuracy" in col:
             out[:, col["accuracy"]] = (w @ correct) / total
         if "top5_accuracy" in col and top5 is not None:

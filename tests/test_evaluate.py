@@ -179,3 +179,134 @@ def test_probe_binary_svm_scores_rank_like_decision_function():
     d = probe.decision_function(x[1::2])
     assert skm.roc_auc_score(y[1::2], p[:, 1]) == pytest.approx(skm.roc_auc_score(y[1::2], d))
     np.testing.assert_array_equal(p[:, 1] >= 0.5, d >= 0)
+
+
+# --------------------------------------------------------------------------- intervals
+
+
+def _lookup(d, dotted):
+    """A metrics.json value by dotted key, where class names may contain dots."""
+    if dotted.startswith("per_class."):
+        name, metric = dotted[len("per_class.") :].rsplit(".", 1)
+        return d["per_class"][name][metric]
+    head, _, tail = dotted.partition(".")
+    return d[head][tail] if tail else d[head]
+
+
+@pytest.mark.parametrize("c", [2, 3, 7])
+def test_ci_keys_name_point_estimates_and_hold_them(c):
+    from statsmodels.stats.proportion import proportion_confint
+
+    rng = np.random.default_rng(c)
+    n = 300
+    y = rng.integers(0, c, n)
+    probs = _random_probs(rng, n, c, y)
+    names = [f"cls.{i}" for i in range(c)]  # a dot inside a class name
+    d = compute_report(y, probs, names, n_boot=300, seed=1).to_dict()
+    assert d["ci_level"] == 0.95 and set(d["ci"]) == set(d["ci_method"])
+    assert d["ci_bootstrap"] == {
+        "kind": "percentile",
+        "n_boot": 300,
+        "seed": 1,
+        "resampled": "items",
+        "num_units": n,
+    }
+    want = {"accuracy", "macro_avg.f1", "macro_avg.precision", "macro_avg.recall"}
+    want |= {f"per_class.{k}.{m}" for k in names for m in ("precision", "recall", "f1")}
+    if c == 2:
+        want |= {f"binary.{k}" for k in ("roc_auc", "pr_auc", "sensitivity", "specificity")}
+        want |= {"binary.ppv", "binary.npv"}
+    if c > 5:
+        want.add("top5_accuracy")
+    assert want <= set(d["ci"])
+    for key, (lo, hi) in d["ci"].items():
+        value = _lookup(d, key)  # every interval names a point estimate
+        assert lo <= value + 1e-12 and value <= hi + 1e-12, key
+    correct = int(round(d["accuracy"] * n))
+    assert d["ci"]["accuracy"] == pytest.approx(
+        list(proportion_confint(correct, n, method="wilson"))
+    )
+    if c == 2:
+        y_pred = probs[:, 1] >= 0.5
+        tn, fp, fn, tp = skm.confusion_matrix(y, y_pred).ravel()
+        assert d["binary"]["ppv"] == pytest.approx(tp / (tp + fp))
+        assert d["binary"]["npv"] == pytest.approx(tn / (tn + fn))
+        assert d["ci_method"]["binary.roc_auc"] == "delong"
+    assert d["calibration"]["bins"] == 15 and 0 <= d["calibration"]["ece"] <= 1
+
+
+def test_clip_frames_are_resampled_per_clip():
+    rng = np.random.default_rng(0)
+    paths = [f"clip{k}.mp4#frame={f}" for k in range(30) for f in range(4)]
+    y = np.repeat(rng.integers(0, 2, 30), 4)
+    probs = _random_probs(rng, y.size, 2, y)
+    d = compute_report(y, probs, ["a", "b"], paths=paths, n_boot=200).to_dict()
+    assert d["ci_bootstrap"]["resampled"] == "groups" and d["ci_bootstrap"]["num_units"] == 30
+    assert set(d["ci_method"].values()) == {"bootstrap"}
+    # Explicit patient groups win over the clip files.
+    groups = [f"patient{k // 10}" for k in range(30) for _ in range(4)]
+    d = compute_report(y, probs, ["a", "b"], paths=paths, groups=groups, n_boot=200).to_dict()
+    assert d["ci_bootstrap"]["num_units"] == 3
+    plain = compute_report(y, probs, ["a", "b"], paths=[f"{i}.png" for i in range(y.size)])
+    assert plain.to_dict()["ci_bootstrap"]["resampled"] == "items"
+    assert compute_report(y, probs, ["a", "b"], ci_level=None).to_dict().get("ci") is None
+
+
+def test_operating_points_match_sklearn_and_raw_scale():
+    from alexkit.calibration import apply_temperature
+    from alexkit.evaluate import operating_points
+
+    rng = np.random.default_rng(2)
+    y = (rng.random(400) < 0.4).astype(int)
+    raw = _random_probs(rng, 400, 2, y)
+    t_cal = 1.7
+    cal = apply_temperature(raw, t_cal, from_probs=True)
+    thresholds = {
+        "youden": {"threshold": 0.42},
+        "target_sensitivity": {"target": 0.9, "threshold": 0.2},
+    }
+    got = operating_points(compute_report(y, cal, ["n", "p"], ci_level=None), thresholds)
+    for name, t in (("youden", 0.42), ("target_sensitivity", 0.2)):
+        pred = cal[:, 1] >= t
+        assert got[name]["sensitivity"] == pytest.approx(skm.recall_score(y, pred))
+        assert got[name]["specificity"] == pytest.approx(skm.recall_score(y, pred, pos_label=0))
+        assert got[name]["ppv"] == pytest.approx(skm.precision_score(y, pred))
+    assert got["target_sensitivity"]["target_sensitivity"] == 0.9
+    # Uncalibrated probabilities: the threshold maps so the decisions are the same.
+    on_raw = operating_points(compute_report(y, raw, ["n", "p"]), thresholds, t_cal)
+    for name in thresholds:
+        for key in ("sensitivity", "specificity", "ppv", "npv"):
+            assert on_raw[name][key] == pytest.approx(got[name][key]), (name, key)
+        assert set(on_raw[name]["ci"]) == {"sensitivity", "specificity", "ppv", "npv", "accuracy"}
+
+
+def test_subgroups_match_sklearn_on_subsets(tmp_path):
+    from alexkit.evaluate import load_subgroups, subgroup_metrics
+
+    rng = np.random.default_rng(4)
+    n = 120
+    y = rng.integers(0, 2, n)
+    probs = _random_probs(rng, n, 2, y)
+    paths = [str(tmp_path / f"img{i}.png") for i in range(n)]
+    sex = ["F" if i % 3 else "M" for i in range(n)]
+    site = ["A" if i < 60 else "B" for i in range(n)]
+    lines = ["path,sex,site"] + [f"img{i}.png,{sex[i]},{site[i]}" for i in range(n - 5)]
+    (tmp_path / "sub.csv").write_text("\n".join(lines) + "\n")
+    table = load_subgroups(tmp_path / "sub.csv")
+    report = compute_report(y, probs, ["neg", "pos"], paths=paths, n_boot=200)
+    sub = subgroup_metrics(report, table, n_boot=200)
+    assert sub["matched"] == n - 5 and sub["unmatched"] == 5
+    for attr, values in (("sex", sex), ("site", site)):
+        for value, entry in sub["attributes"][attr].items():
+            idx = [i for i in range(n - 5) if values[i] == value]
+            pred = probs[idx, 1] >= 0.5
+            assert entry["n"] == len(idx)
+            assert entry["accuracy"] == pytest.approx(skm.accuracy_score(y[idx], pred))
+            assert entry["binary.roc_auc"] == pytest.approx(
+                skm.roc_auc_score(y[idx], probs[idx, 1])
+            )
+            lo, hi = entry["ci"]["accuracy"]
+            assert lo <= entry["accuracy"] <= hi and entry["ci_method"]["accuracy"] == "wilson"
+    (tmp_path / "bad.csv").write_text("file,sex\nx.png,F\n")
+    with pytest.raises(DataError, match="'path' column"):
+        load_subgroups(tmp_path / "bad.csv")

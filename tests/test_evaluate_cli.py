@@ -224,3 +224,137 @@ def test_help_has_examples(runner):
     for command in ("evaluate", "extract", "predict", "probe"):
         result = runner.invoke(app, [command, "--help"])
         assert result.exit_code == 0 and "Example" in result.stdout, command
+
+
+def test_evaluate_intervals_calibration_and_thresholds(tmp_path, runner):
+    from alexkit.calibration import save_calibration
+
+    names = ["NORMAL", "PNEUMONIA"]
+    data = tmp_path / "data"
+    write_class_images(data, names, 10, size=(40, 36), seed=5)
+    run, model = tiny_run(tmp_path / "run", names, seed=2)
+    thresholds = {
+        "youden": {"threshold": 0.45},
+        "target_sensitivity": {"target": 0.9, "threshold": 0.3},
+    }
+    save_calibration(run, temperature=2.5, thresholds=thresholds, fitted_on="val")
+    out, raw_out = tmp_path / "eval", tmp_path / "raw"
+    args = ["evaluate", str(run), "--data", str(data), "--n-boot", "200", "--seed", "3"]
+    result = runner.invoke(app, [*args, "--out", str(out)])
+    assert result.exit_code == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    assert "Summary (95% CI)" in text and "saved thresholds" in text and "ECE (15 bins)" in text
+    metrics = json.loads((out / "metrics.json").read_text())
+    lo, hi = metrics["ci"]["accuracy"]
+    assert f"{metrics['accuracy']:.3f} ({lo:.3f}–{hi:.3f})" in result.stdout
+    assert metrics["ci_bootstrap"]["n_boot"] == 200 and metrics["ci_bootstrap"]["seed"] == 3
+    assert metrics["calibration"]["temperature"] == 2.5
+    # Oracle: the model's softmax, re-tempered by hand.
+    x, y, _ = pipeline_images(data)
+    p = model.predict(x, verbose=0).astype(np.float64)
+    z = np.log(np.clip(p, 1e-12, 1)) / 2.5
+    want = np.exp(z - z.max(1, keepdims=True))
+    want /= want.sum(1, keepdims=True)
+    rows = _csv_rows(out / "predictions.csv")
+    got = np.array([[float(r[f"p_{c}"]) for c in names] for r in rows])
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    points = metrics["operating_points"]
+    pred = want[:, 1] >= 0.45
+    assert points["youden"]["sensitivity"] == pytest.approx(skm.recall_score(y, pred))
+    assert points["youden"]["specificity"] == pytest.approx(skm.recall_score(y, pred, pos_label=0))
+    assert metrics["calibration"]["uncalibrated"]["brier"] == pytest.approx(
+        skm.brier_score_loss(y, p[:, 1]), abs=1e-5
+    )
+    for png in ("reliability.png", "roc.png", "pr.png"):
+        assert (out / png).stat().st_size > 10_000
+    assert (out / "report.html").is_file()
+
+    result = runner.invoke(app, [*args, "--out", str(raw_out), "--no-calibration", "--json"])
+    assert result.exit_code == 0, result.stderr
+    raw = json.loads(result.stdout)
+    rows = _csv_rows(raw_out / "predictions.csv")
+    got = np.array([[float(r[f"p_{c}"]) for c in names] for r in rows])
+    np.testing.assert_allclose(got, p, atol=1e-5)
+    assert raw["calibration"]["temperature"] is None
+    # Same decisions at the saved thresholds whichever scale the probabilities are on.
+    for name in ("youden", "target_sensitivity"):
+        for key in ("sensitivity", "specificity"):
+            assert raw["operating_points"][name][key] == pytest.approx(points[name][key])
+
+
+def test_evaluate_leakage_warning_and_strict(tmp_path, runner):
+    import shutil
+
+    from alexkit.data import load_spec
+    from alexkit.leakage import record_hashes, save_hashes
+
+    names = ["alpha", "beta"]
+    train, test = tmp_path / "train", tmp_path / "test"
+    write_class_images(train, names, 4, size=(40, 36), seed=1)
+    write_class_images(test, names, 3, size=(40, 36), seed=2)
+    shutil.copy(train / "alpha" / "alpha_000.png", test / "alpha" / "copied.png")
+    shutil.copy(train / "beta" / "beta_001.png", test / "beta" / "copied.png")
+    run, _ = tiny_run(tmp_path / "run", names)
+    save_hashes(run, record_hashes(load_spec(str(train), val_fraction=0)))
+    args = ["evaluate", str(run), "--data", str(test), "--n-boot", "0"]
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.stderr
+    leak = json.loads(result.stdout)["leakage"]
+    assert leak["duplicates"] == {"train": 2} and leak["duplicate_items"] == 2 and leak["leaked"]
+    assert leak["checked"] == 8
+    err = " ".join(result.stderr.split())
+    assert "LEAKAGE" in err and "2 of 8 evaluation items are byte-identical" in err
+    out = tmp_path / "eval"
+    result = runner.invoke(app, [*args, "--strict", "--out", str(out)])
+    assert result.exit_code == 3
+    assert "--strict" in " ".join(result.stderr.split())
+    assert json.loads((out / "metrics.json").read_text())["leakage"]["duplicate_items"] == 2
+    clean = runner.invoke(app, ["evaluate", str(run), "--data", str(train), "--strict", "--json"])
+    assert clean.exit_code == 3  # its own training data: everything leaks
+    (test / "alpha" / "copied.png").unlink()
+    (test / "beta" / "copied.png").unlink()
+    result = runner.invoke(app, [*args, "--strict", "--json"])
+    assert result.exit_code == 0 and not json.loads(result.stdout)["leakage"]["leaked"]
+
+
+def test_evaluate_manifest_groups_and_subgroups(tmp_path, runner):
+    names = ["alpha", "beta"]
+    data = tmp_path / "data"
+    paths = write_class_images(data, names, 12, size=(40, 36), seed=4)
+    rel = [p.relative_to(data) for p in paths]
+    lines = ["path,label,group"] + [
+        f"{r},{r.parent.name},patient{i // 3}" for i, r in enumerate(rel)
+    ]
+    (data / "manifest.csv").write_text("\n".join(lines) + "\n")
+    sub = ["path,site"] + [f"{r},{'A' if i % 2 else 'B'}" for i, r in enumerate(rel)]
+    (data / "subgroups.csv").write_text("\n".join(sub) + "\n")
+    run, _ = tiny_run(tmp_path / "run", names)
+    result = runner.invoke(
+        app,
+        [
+            "evaluate", str(run), "--data", str(data / "manifest.csv"), "--n-boot", "200",
+            "--subgroups", str(data / "subgroups.csv"),
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert "Subgroups" in result.stdout
+    result = runner.invoke(
+        app,
+        [
+            "evaluate", str(run), "--data", str(data / "manifest.csv"), "--n-boot", "200",
+            "--subgroups", str(data / "subgroups.csv"), "--json",
+        ],
+    )  # fmt: skip
+    metrics = json.loads(result.stdout)
+    assert metrics["ci_bootstrap"]["resampled"] == "groups"
+    assert metrics["ci_bootstrap"]["num_units"] == 8  # 24 images of 8 patients
+    assert set(metrics["ci_method"].values()) == {"bootstrap"}
+    sites = metrics["subgroups"]["attributes"]["site"]
+    assert sites["A"]["n"] == sites["B"]["n"] == 12 and metrics["subgroups"]["unmatched"] == 0
+
+
+def test_evaluate_bad_interval_options(tmp_path, runner):
+    run, _ = tiny_run(tmp_path / "run", ["a", "b"])
+    for opts in (["--ci-level", "95"], ["--n-boot", "5"]):
+        result = runner.invoke(app, ["evaluate", str(run), "--data", str(tmp_path), *opts])
+        assert result.exit_code == 2, opts

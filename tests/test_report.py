@@ -41,6 +41,8 @@ def test_multiclass_files(tmp_path):
         "classification_report.csv",
         "predictions.csv",
         "misclassified.csv",
+        "reliability.png",
+        "report.html",
     }
     metrics = json.loads((tmp_path / "out/metrics.json").read_text())
     assert metrics["accuracy"] == pytest.approx(skm.accuracy_score(y, probs.argmax(1)))
@@ -87,8 +89,10 @@ def _assert_png(path, min_side):
 def test_pngs_binary_and_many_classes(tmp_path):
     report, *_ = _report(2, n=80)
     written = write_report(report, tmp_path / "bin")
-    assert "roc.png" in written
+    assert {"roc.png", "pr.png", "reliability.png"} <= set(written)
     _assert_png(tmp_path / "bin/roc.png", 400)
+    _assert_png(tmp_path / "bin/pr.png", 400)
+    _assert_png(tmp_path / "bin/reliability.png", 400)
     _assert_png(tmp_path / "bin/confusion_matrix.png", 400)
     metrics = json.loads((tmp_path / "bin/metrics.json").read_text())
     assert set(metrics["binary"]) >= {"roc_auc", "pr_auc", "sensitivity", "specificity"}
@@ -97,6 +101,7 @@ def test_pngs_binary_and_many_classes(tmp_path):
     write_report(big, tmp_path / "big")
     _assert_png(tmp_path / "big/confusion_matrix.png", 1000)  # scaled up for 38 labels
     assert not (tmp_path / "big/roc.png").exists()
+    assert not (tmp_path / "big/pr.png").exists()
 
 
 def test_render_tables_small_and_large():
@@ -112,3 +117,127 @@ def test_render_tables_small_and_large():
         console.print(t)
     text = console.export_text()
     assert "Most frequent confusions" in text and "top-5 accuracy" in text
+
+
+def test_tables_show_intervals():
+    console = Console(record=True, width=200)
+    report, *_ = _report(2, n=150)
+    for t in render_tables(report):
+        console.print(t)
+    text = console.export_text()
+    lo, hi = report.intervals.ci["binary.roc_auc"]
+    assert f"{report.binary['roc_auc']:.3f} ({lo:.3f}–{hi:.3f})" in text
+    lo, hi = report.intervals.ci["per_class.Crop___disease_1.recall"]
+    assert f"{report.recall[1]:.3f} ({lo:.3f}–{hi:.3f})" in text
+    assert "ECE (15 bins)" in text and "Brier score" in text and "Summary (95% CI)" in text
+
+
+# --------------------------------------------------------------------------- report.html
+
+
+def _headline_numbers(metrics):
+    """Every headline number of metrics.json, as the page prints it (3 decimals)."""
+    keys = ["accuracy", "macro_avg.f1", "weighted_avg.f1", "calibration.ece", "calibration.brier"]
+    if "binary" in metrics:
+        keys += [f"binary.{k}" for k in ("roc_auc", "pr_auc", "sensitivity", "specificity")]
+        keys += ["binary.ppv", "binary.npv"]
+    numbers = {}
+    for key in keys:
+        head, _, tail = key.partition(".")
+        numbers[key] = metrics[head][tail] if tail else metrics[head]
+        for i, bound in enumerate(metrics["ci"].get(key, [])):
+            numbers[f"{key}.ci{i}"] = bound
+    return {k: f"{v:.3f}" for k, v in numbers.items() if v is not None}
+
+
+def _report_with_images(tmp_path, c, n=60):
+    """A report whose items are real image files, so the gallery has thumbnails."""
+    report, y, probs = _report(c, n=n, seed=c)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        path = folder / f"item_{i}.png"
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    return compute_report(y, probs, report.class_names, paths=paths, n_boot=300), paths
+
+
+def _chromium():
+    import os
+    import shutil
+
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed; CI must run: apt-get install -y chromium")
+        pytest.skip("chromium not installed (apt-get install -y chromium) - report not rendered")
+    return exe
+
+
+def _render(exe, page, tmp_path):
+    """Run headless Chromium: (DOM text, console lines, screenshot path)."""
+    import subprocess
+
+    shot = tmp_path / "shot.png"
+    common = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
+    common += ["--enable-logging=stderr", "--v=0", f"--user-data-dir={tmp_path / 'profile'}"]
+    url = page.resolve().as_uri()
+    dom = subprocess.run(
+        [*common, "--dump-dom", url], capture_output=True, text=True, timeout=120, check=True
+    )
+    subprocess.run(
+        [*common, f"--screenshot={shot}", "--window-size=1200,1600", url],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    console = [line for line in dom.stderr.splitlines() if ":CONSOLE" in line]
+    return dom.stdout, console, shot
+
+
+def test_html_is_self_contained_and_has_every_headline_number(tmp_path):
+    import re
+
+    report, paths = _report_with_images(tmp_path, 2)
+    written = write_report(report, tmp_path / "out")
+    page = (tmp_path / "out/report.html").read_text()
+    metrics = json.loads((tmp_path / "out/metrics.json").read_text())
+    for key, text in _headline_numbers(metrics).items():
+        assert text in page, key
+    # Self-contained: no external URL anywhere, every image inline.
+    assert not re.search(r"""(src|href)=["'](?!data:)""", page)
+    assert "<script" not in page
+    wrong = int(metrics["num_misclassified"])
+    assert page.count("data:image/jpeg;base64,") == min(wrong, 24)  # gallery thumbnails
+    assert page.count("data:image/png;base64,") == 4  # reliability, ROC, PR, confusion
+    assert "Most confidently wrong" in page and "Most confused pairs" in page
+    assert written["report.html"] == tmp_path / "out/report.html"
+
+
+@pytest.mark.parametrize("c", [2, 5])
+def test_html_renders_in_headless_chromium(tmp_path, c):
+    exe = _chromium()
+    report, _ = _report_with_images(tmp_path, c)
+    write_report(report, tmp_path / "out")
+    metrics = json.loads((tmp_path / "out/metrics.json").read_text())
+    dom, console, shot = _render(exe, tmp_path / "out/report.html", tmp_path)
+    assert console == [], console
+    assert "Headline metrics" in dom and "Calibration" in dom
+    for key, text in _headline_numbers(metrics).items():
+        assert text in dom, key
+    with Image.open(shot) as im:
+        pixels = np.asarray(im.convert("L"), dtype=np.float64)
+    assert pixels.shape[0] >= 1000 and pixels.std() > 10  # not a blank page
+
+
+def test_render_checker_sees_console_errors(tmp_path):
+    """The console check above can fail: a page with a script error is caught."""
+    exe = _chromium()
+    page = tmp_path / "bad.html"
+    page.write_text("<html><body><p>x</p><script>console.error('boom');</script></body></html>")
+    _, console, shot = _render(exe, page, tmp_path)
+    assert any("boom" in line for line in console)
+    with Image.open(shot) as im:
+        assert np.asarray(im.convert("L"), dtype=np.float64).std() < 10  # nearly blank

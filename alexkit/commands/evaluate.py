@@ -99,7 +99,7 @@ def _warn_skipped(skipped: list[tuple[str, str]] | list[dict[str, str]]) -> None
         console.print(f"  … and {len(skipped) - 20} more (all listed in the JSON output)")
 
 
-def _show_report(report: Any, out: Path | None, json_output: bool) -> None:
+def _show_report(report: Any, out: Path | None, json_output: bool, strict: bool = False) -> None:
     from alexkit.report import render_tables, write_report
 
     written = write_report(report, out) if out is not None else {}
@@ -112,19 +112,38 @@ def _show_report(report: Any, out: Path | None, json_output: bool) -> None:
         atomic_write_text(out / "group_predictions.csv", predictions_csv(group))
         written["group_predictions.csv"] = out / "group_predictions.csv"
     _warn_skipped(report.meta.get("skipped", []))
+    leak = getattr(report, "leakage", None)
+    if leak and leak.get("leaked"):
+        from alexkit.leakage import leakage_message
+
+        console = err_console()
+        console.rule("[bold red]LEAKAGE[/]", style="red")
+        console.print(f"[bold red]warning:[/] {leakage_message(leak)}.", highlight=False)
+        for example in leak.get("examples", [])[:5]:
+            console.print(f"  {example}", highlight=False, markup=False)
+        console.print("  These numbers overstate performance on unseen data.", highlight=False)
+        console.rule(style="red")
     if json_output:
         data = report.to_dict()
         if written:
             data["files"] = {k: str(v) for k, v in written.items()}
         print_json(data)
-        return
-    console = out_console()
-    for table in render_tables(report):
-        console.print(table)
-    if report.groups:
-        console.print(_group_table(report.groups, report.num_samples))
-    if written:
-        console.print(f"wrote {len(written)} files to {out}: {', '.join(written)}")
+    else:
+        console = out_console()
+        for table in render_tables(report):
+            console.print(table)
+        if report.groups:
+            console.print(_group_table(report.groups, report.num_samples))
+        if written:
+            console.print(f"wrote {len(written)} files to {out}: {', '.join(written)}")
+    if strict and leak and leak.get("leaked"):
+        from alexkit.errors import DataError
+
+        raise DataError(
+            "--strict: evaluation data overlaps the run's training/validation data "
+            f"({leak['duplicate_items']} identical items, {leak['shared_group_items']} items of "
+            "shared groups); the report was still written."
+        )
 
 
 def _group_table(groups: dict[str, Any], num_items: int) -> Any:
@@ -165,13 +184,37 @@ def evaluate(
     train: Path | None = typer.Option(None, "--train", help="Training images for --probe."),
     layer: str = typer.Option("fc7", "--layer", help=f"--probe only. {LAYER_HELP}"),
     json_output: bool = typer.Option(False, "--json", help="Print metrics JSON only."),
+    ci_level: float = typer.Option(0.95, "--ci-level", help="Confidence level of the intervals."),
+    n_boot: int = typer.Option(
+        2000, "--n-boot", help="Bootstrap resamples (groups resampled whole); 0: none."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+    no_calibration: bool = typer.Option(
+        False, "--no-calibration", help="Ignore the run's saved temperature: raw probabilities."
+    ),
+    subgroups: Path | None = typer.Option(
+        None, "--subgroups", help="CSV: a path column + attribute columns (site, sex, …)."
+    ),
+    strict: bool = typer.Option(
+        False, "--strict", help="Exit 3 when items or groups were in the run's train/val data."
+    ),
 ) -> None:
-    """Accuracy, per-class precision/recall/F1, confusion matrix (and ROC for 2 classes).
+    """Accuracy, per-class precision/recall/F1, confusion matrix (and ROC for 2 classes),
+    each with a confidence interval; calibration (ECE, Brier, reliability diagram).
 
-    Class names come from the run; data with other classes is refused.
+    Class names come from the run; data with other classes is refused. A run's saved
+    temperature (calibration.json) is applied unless --no-calibration; its saved
+    thresholds are reported too. With data-hashes.json in the run, evaluation items
+    identical to training/validation ones are counted (--strict: exit 3).
+    --out also writes report.html, one self-contained page.
     Example: [bold]alexkit evaluate runs/xray --data chest_xray/test --out eval/[/]
     """
     from alexkit.errors import UsageError
+    from alexkit.stats import check_level
+
+    check_level(ci_level)
+    if n_boot < 0 or 0 < n_boot < 100:
+        raise UsageError(f"--n-boot must be 0 or >= 100; received {n_boot}.")
 
     if probe is not None:
         if train is None:
@@ -192,6 +235,18 @@ def evaluate(
             grayscale=bool(config.get("grayscale", False)),
         )
         report.meta["model"] = model
+        from alexkit.stats import metric_intervals
+
+        report.intervals = metric_intervals(
+            report.y_true,
+            report.y_pred,
+            report.probs,
+            report.class_names,
+            level=ci_level,
+            n_boot=n_boot,
+            seed=seed,
+            groups=report.item_groups,
+        )
         _show_report(report, out, json_output)
         return
     if train is not None:
@@ -207,8 +262,13 @@ def evaluate(
             batch_size=batch_size,
             threshold=threshold,
             progress=update,
+            ci_level=ci_level,
+            n_boot=n_boot,
+            seed=seed,
+            calibrate=not no_calibration,
+            subgroups=subgroups,
         )
-    _show_report(report, out, json_output)
+    _show_report(report, out, json_output, strict=strict)
 
 
 @guarded
