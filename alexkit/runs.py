@@ -9,6 +9,7 @@ A run directory looks like this::
       model.keras        best model so far (by the monitored validation metric)
       last.keras         model after the last finished epoch (pretrain)
       metrics.json       validation report of the best model (written at the end)
+      run.lock           PID and host of the process running it (alexkit.runlock)
       logs/train, logs/validation   TensorBoard event files
       checkpoints/
         index.json       names of complete checkpoints, oldest first
@@ -36,6 +37,7 @@ import numpy as np
 
 from alexkit.errors import CheckpointError
 from alexkit.paths import atomic_write_text, write_errno, write_failure
+from alexkit.runlock import LOCK_NAME
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +89,8 @@ class RunDir:
             raise CheckpointError(
                 f"{run.path} is a file, not a run directory; choose another --out."
             )
-        non_empty = exists and any(run.path.iterdir())
+        # The run lock (alexkit.runlock) is taken before prepare: it is not content.
+        non_empty = exists and any(p.name != LOCK_NAME for p in run.path.iterdir())
         if resume:
             if not run.config_path.exists():
                 raise CheckpointError(
@@ -102,7 +105,13 @@ class RunDir:
                 )
         try:
             if non_empty:
-                shutil.rmtree(run.path)
+                for child in run.path.iterdir():
+                    if child.name == LOCK_NAME:
+                        continue
+                    if child.is_dir() and not child.is_symlink():
+                        shutil.rmtree(child)
+                    else:
+                        child.unlink()
             run.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             code = write_errno(exc)
