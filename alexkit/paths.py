@@ -240,11 +240,16 @@ def atomic_path(
         code = None if isinstance(exc, AlexkitError) else write_errno(exc)
         if code is None:
             raise
+        _discard(tmp_path)  # first, so the message counts the space it held as free
         raise write_failure(target, code, needed) from exc
     finally:
-        if tmp_path is not None:
-            with contextlib.suppress(OSError):
-                tmp_path.unlink()
+        _discard(tmp_path)
+
+
+def _discard(path: Path | None) -> None:
+    if path is not None:
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
 def atomic_write_text(target: str | os.PathLike, text: str) -> None:
