@@ -358,3 +358,35 @@ def test_evaluate_bad_interval_options(tmp_path, runner):
     for opts in (["--ci-level", "95"], ["--n-boot", "5"]):
         result = runner.invoke(app, ["evaluate", str(run), "--data", str(tmp_path), *opts])
         assert result.exit_code == 2, opts
+
+
+def test_evaluate_volumes_resamples_volumes_and_reports_them(tmp_path, runner):
+    """NIfTI volumes: slices cluster per volume; the volume level gets its own intervals."""
+    nib = pytest.importorskip("nibabel")
+    names = ["normal", "lesion"]
+    data = tmp_path / "vols"
+    for k, name in enumerate(names):
+        (data / name).mkdir(parents=True)
+        for v in range(4):
+            rng = np.random.default_rng(10 * k + v)
+            vol = rng.integers(100, 400, size=(24, 24, 6)).astype(np.int16)
+            vol[4 + 10 * k : 10 + 10 * k, 4:10, :] = 900
+            nib.save(nib.Nifti1Image(vol, np.eye(4)), str(data / name / f"{name}{v}.nii.gz"))
+    run, _ = tiny_run(tmp_path / "run", names)
+    out = tmp_path / "eval"
+    args = ["evaluate", str(run), "--data", str(data), "--n-boot", "200", "--out", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_samples"] == 8 * 6
+    assert metrics["ci_bootstrap"]["resampled"] == "groups"
+    assert metrics["ci_bootstrap"]["num_units"] == 8  # volumes, not slices
+    assert set(metrics["ci_method"].values()) == {"bootstrap"}
+    groups = metrics["groups"]
+    assert groups["level"] == "volume" and groups["num_groups"] == 8
+    assert groups["ci_method"]["accuracy"] == "wilson"  # volumes are independent
+    page = (out / "report.html").read_text()
+    assert "Per volume" in page
+    wrong = metrics["num_misclassified"]
+    assert wrong > 0  # an untrained stand-in gets some wrong
+    assert page.count("data:image/jpeg;base64,") == min(wrong, 24)  # slice thumbnails
