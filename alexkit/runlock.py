@@ -56,6 +56,7 @@ class RunLock:
         self.path = self.run_dir / LOCK_NAME
         self._fd: int | None = None
         self._inode: int | None = None
+        self._created = False
 
     @property
     def held(self) -> bool:
@@ -70,7 +71,12 @@ class RunLock:
         """
         if self.held:
             return self
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise CheckpointError(
+                f"{self.run_dir} is a file, not a run directory; choose another --out."
+            )
         try:
+            self._created = not self.run_dir.exists()
             self.run_dir.mkdir(parents=True, exist_ok=True)
             if fcntl is None or not self._acquire_flock():
                 self._acquire_exclusive()
@@ -135,7 +141,10 @@ class RunLock:
         raise CheckpointError(f"{self.path} keeps changing; is another process starting there?")
 
     def release(self) -> None:
-        """Remove the lock file (if still ours) and drop the lock. Safe to call twice."""
+        """Remove the lock file (if still ours) and drop the lock. Safe to call twice.
+
+        A run directory the lock created is removed too when it is still empty.
+        """
         if self._fd is None:
             return
         try:
@@ -145,6 +154,9 @@ class RunLock:
             pass
         os.close(self._fd)  # closing drops the flock
         self._fd = self._inode = None
+        if self._created:  # e.g. --resume of nothing: leave no empty folder behind
+            with contextlib.suppress(OSError):
+                self.run_dir.rmdir()
 
     def __enter__(self) -> RunLock:
         return self.acquire()

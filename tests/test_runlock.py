@@ -158,3 +158,15 @@ def test_run_dir_prepare_ignores_and_keeps_the_lock(tmp_path):
             RunDir.prepare(run_dir, resume=False, force=False)
         RunDir.prepare(run_dir, resume=False, force=True)
         assert sorted(p.name for p in run_dir.iterdir()) == [LOCK_NAME]
+
+
+def test_a_file_in_the_way_and_an_empty_folder_left_behind(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(CheckpointError, match="is a file, not a run directory"):
+        RunLock(tmp_path / "afile").acquire()
+    with hold_run_lock(tmp_path / "new" / "run"):
+        pass  # e.g. --resume of nothing: prepare refuses, nothing is written
+    assert not (tmp_path / "new" / "run").exists()
+    with hold_run_lock(tmp_path / "kept"):
+        (tmp_path / "kept" / "config.json").write_text("{}")
+    assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == ["config.json"]
