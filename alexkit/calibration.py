@@ -327,6 +327,23 @@ def load_calibration(run_dir: str | Path) -> dict[str, Any] | None:
     return doc
 
 
+def apply_saved_temperature(
+    probs: np.ndarray, run_dir: str | Path | None
+) -> tuple[np.ndarray, float | None]:
+    """Probabilities scaled by ``run_dir``'s saved temperature, when it has one.
+
+    Returns:
+        ``(probabilities, temperature)``; the input unchanged and None without a
+        ``calibration.json`` temperature (or without a run directory).
+    """
+    saved = load_calibration(run_dir) if run_dir is not None else None
+    t = (saved or {}).get("temperature")
+    if t is None:
+        return probs, None
+    scaled = apply_temperature(probs, float(t), from_probs=True)
+    return scaled.astype(np.asarray(probs).dtype, copy=False), float(t)
+
+
 def calibration_for_split(
     y_true: np.ndarray,
     probs: np.ndarray,

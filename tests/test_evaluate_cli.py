@@ -390,3 +390,25 @@ def test_evaluate_volumes_resamples_volumes_and_reports_them(tmp_path, runner):
     wrong = metrics["num_misclassified"]
     assert wrong > 0  # an untrained stand-in gets some wrong
     assert page.count("data:image/jpeg;base64,") == min(wrong, 24)  # slice thumbnails
+
+
+def test_predict_applies_saved_temperature(tmp_path, runner):
+    from alexkit.calibration import save_calibration
+
+    names = ["alpha", "beta", "gamma"]
+    data = tmp_path / "data"
+    write_class_images(data, names, 2, size=(40, 36))
+    run, model = tiny_run(tmp_path / "run", names)
+    save_calibration(run, temperature=0.5)  # sharpen: a visible change
+    x, _, items = pipeline_images(data)
+    raw = model.predict(x, verbose=0).astype(np.float64)
+    z = np.log(np.clip(raw, 1e-12, 1)) / 0.5
+    tempered = np.exp(z - z.max(1, keepdims=True))
+    tempered /= tempered.sum(1, keepdims=True)
+    for flags, want in (([], tempered), (["--no-calibration"], raw)):
+        result = runner.invoke(app, ["predict", str(run), str(data), "--json", *flags])
+        assert result.exit_code == 0, result.stderr
+        for p in json.loads(result.stdout)["predictions"]:
+            row = want[items.index(p["path"])]
+            assert p["predicted"] == names[int(row.argmax())]  # temperature keeps the arg-max
+            assert p["probability"] == pytest.approx(float(row.max()), abs=2e-6)

@@ -345,11 +345,15 @@ def predict(
     per_frame: bool = typer.Option(
         False, "--per-frame", help="Clips/volumes: a row per frame/slice, not one per source."
     ),
+    no_calibration: bool = typer.Option(
+        False, "--no-calibration", help="Ignore the run's saved temperature: raw probabilities."
+    ),
 ) -> None:
     """Class names and probabilities for each image.
 
     A clip or volume gets one row: its frames'/slices' probabilities averaged
     (sampled with the run's recipe [media] settings); --per-frame lists every frame.
+    A run's saved temperature (calibration.json) is applied unless --no-calibration.
     Example: [bold]alexkit predict runs/plants leaf1.jpg leaves/ --top-k 3[/]
     """
     from alexkit.errors import UsageError
@@ -373,6 +377,11 @@ def predict(
             progress=update,
             media_options=media_options_from_config(config),
         )
+    if not no_calibration:
+        from alexkit.calibration import apply_saved_temperature
+        from alexkit.evaluate import run_dir_of
+
+        result.probs, _ = apply_saved_temperature(result.probs, run_dir_of(model))
     _warn_skipped(result.skipped)
     records = result.to_records(top_k, per_frame=per_frame)
     if json_output:
