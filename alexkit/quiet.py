@@ -78,11 +78,15 @@ class Captured:
         return len(self.messages) + self.dropped
 
     def explain(self, reason: str) -> str:
-        """``reason`` plus the first captured message (and how many more), one line."""
-        if not self.messages:
+        """``reason`` plus the first captured message it does not already say (and how
+        many more), one line."""
+        said = _QUOTED.sub("'…'", reason)
+        new = [m for m in self.messages if m.split(": ", 1)[-1] not in said]
+        if not new:
             return reason
-        more = f" (+{self.count - 1} more)" if self.count > 1 else ""
-        return f"{reason} [{self.messages[0]}{more}]"
+        extra = len(new) - 1 + self.dropped
+        more = f" (+{extra} more)" if extra else ""
+        return f"{reason} [{new[0]}{more}]"
 
 
 _QUOTED = re.compile(r"""b?'[^']*'|b?"[^"]*\"""")

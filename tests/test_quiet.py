@@ -196,3 +196,17 @@ def test_unreadable_raised_inside_without_messages_passes_unchanged():
         with quiet.quiet_read("x.dcm"):
             raise UnreadableImage("broken", "x.dcm")
     assert str(info.value) == "x.dcm: broken"
+
+
+def test_explain_adds_only_what_the_reason_does_not_already_say():
+    captured = quiet.Captured("x.dcm", redact_quotes=True)
+    captured.add("pydicom", "Pillow does not support 'JPEG Extended' for 12-bit samples")
+    reason = "decoders failed (pillow: Pillow does not support 'JPEG Extended' for 12-bit samples)"
+    assert captured.explain(reason) == reason
+    captured.add("pydicom", "Expected explicit VR, but found implicit VR")
+    captured.add("pydicom", "Expected explicit VR, but found implicit VR")  # said twice: once
+    assert (
+        captured.explain(reason)
+        == f"{reason} [pydicom: Expected explicit VR, but found implicit VR]"
+    )
+    assert captured.count == 2
