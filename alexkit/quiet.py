@@ -169,6 +169,22 @@ def tally(reset: bool = False) -> tuple[dict[str, int], int]:
     return result
 
 
+def tally_summary(reset: bool = True) -> str | None:
+    """One line for a report: how many files were read despite library warnings, or None.
+
+    E.g. ``"3 file(s) were read despite library warnings (7 messages); --verbose shows them"``.
+    """
+    files, extra = tally(reset=reset)
+    if not files and not extra:
+        return None
+    count = len(files) + extra
+    messages = sum(files.values())
+    return (
+        f"{count} file(s) were read despite library warnings ({messages} message(s)"
+        f"{' in the first 10,000 files' if extra else ''}); --verbose shows them"
+    )
+
+
 # ------------------------------------------------------------------ hooks
 
 

@@ -261,9 +261,12 @@ class CheckpointManager:
             if final.exists():  # the same step saved again (e.g. Ctrl-C right after a save)
                 shutil.rmtree(final)
             os.replace(tmp, final)
-        except Exception as exc:
-            # A failed write leaves no half checkpoint; the newest complete one stays listed.
+        except BaseException as exc:
+            # A failed (or interrupted) write leaves no half checkpoint; the newest complete
+            # one stays listed.
             shutil.rmtree(tmp, ignore_errors=True)
+            if not isinstance(exc, Exception):
+                raise
             code = write_errno(exc)
             if code is None:
                 raise

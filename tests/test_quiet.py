@@ -100,6 +100,8 @@ def test_pydicom_warnings_on_a_readable_file_are_counted_not_printed(
     assert not [w for w in recwarn if "VR" in str(w.message)]
     files, extra = quiet.tally()
     assert set(files) == {path} and files[path] >= 1 and extra == 0
+    summary = quiet.tally_summary(reset=False)
+    assert summary.startswith("1 file(s) were read despite library warnings (")
     # --verbose (INFO) shows the detail, on alexkit's logger.
     caplog.clear()
     caplog.set_level(logging.INFO, logger="alexkit.quiet")

@@ -97,3 +97,16 @@ def test_run_directory_that_cannot_be_created_is_one_line(tmp_path, monkeypatch)
     monkeypatch.setattr(Path, "mkdir", denied)
     with pytest.raises(CheckpointError, match="cannot create run directory .*permission denied"):
         RunDir.prepare(tmp_path / "run", resume=False, force=False)
+
+
+def test_interrupted_checkpoint_write_leaves_no_temporary_folder(tmp_path, monkeypatch):
+    manager = CheckpointManager(tmp_path / "checkpoints")
+    manager.save(arrays(1), arrays(11), {"global_step": 1})
+
+    def interrupted(path, values):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runs, "_save_arrays", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        manager.save(arrays(2), arrays(12), {"global_step": 2})
+    assert sorted(p.name for p in manager.directory.iterdir()) == ["ckpt-000000001", "index.json"]
