@@ -236,10 +236,11 @@ class Engine:
             while self.position["stage"] < len(self.stages):
                 stage = self.stages[self.position["stage"]]
                 if not self.early.done and self.position["stage_epoch"] < stage.epochs:
-                    own = (
-                        restored if restored and restored.stage == self.position["stage"] else None
-                    )
-                    self._start_stage(stage, own)
+                    if restored is not None and restored.stage != self.position["stage"]:
+                        # The checkpoint ended its stage: this one starts a fresh optimizer
+                        # and schedule, as it does in a run never interrupted.
+                        restored = None
+                    self._start_stage(stage, restored)
                     restored = None
                     while self.position["stage_epoch"] < stage.epochs and not self.early.done:
                         self._run_epoch(stage)
