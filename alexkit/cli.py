@@ -81,6 +81,7 @@ COMMAND_MODULES = (
     "recipes",
     "train",
     "evaluate",
+    "explain",
     "export",
 )
 
