@@ -97,10 +97,10 @@ def _thumbnail(item: str) -> bytes | None:
     from PIL import Image
 
     try:
-        from alexkit.media import parse_item
+        from alexkit.media import MEDIA_EXTENSIONS, parse_item
 
-        _, fields = parse_item(item)
-        if fields or Path(item).suffix.lower() in (".dcm", ".nii", ".gz", ".mp4", ".avi"):
+        source, fields = parse_item(item)
+        if fields or any(source.lower().endswith(ext) for ext in MEDIA_EXTENSIONS):
             from alexkit.media import decode_member
 
             img = Image.fromarray(np.asarray(decode_member(item)))
