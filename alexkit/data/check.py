@@ -21,7 +21,7 @@ import numpy as np
 from alexkit.data import decode as _decode
 from alexkit.data.layouts import UNREADABLE_MEDIA
 from alexkit.data.sources import record_features
-from alexkit.data.spec import MIN_VAL_PER_CLASS, DatasetSpec, _list
+from alexkit.data.spec import MIN_VAL_PER_CLASS, DatasetSpec, quote_names
 from alexkit.errors import one_line
 
 
@@ -234,7 +234,7 @@ def _add_warnings(report: ScanReport, ratio_limit: float) -> None:
     for split, per_class in report.counts.items():
         missing = [c for c, n in per_class.items() if n == 0]
         if missing and split != "all":
-            report.warnings.append(f"split {split!r} has no images of {_list(missing)}.")
+            report.warnings.append(f"split {split!r} has no images of {quote_names(missing)}.")
     val = report.counts.get("val")
     if val and 0 < min(val.values()) < 10:  # noisy, though finetune only re-splits below 5
         report.warnings.append(

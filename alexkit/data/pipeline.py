@@ -23,7 +23,7 @@ Where unreadable files are caught (and what it costs):
 from __future__ import annotations
 
 from alexkit.data.augment import AugmentConfig
-from alexkit.data.sources import _file_source, _tfrecord_source
+from alexkit.data.sources import file_source, tfrecord_source
 from alexkit.data.spec import DatasetSpec, SkipLog
 from alexkit.errors import UsageError
 
@@ -85,9 +85,9 @@ def make_dataset(
     skipped = skipped if skipped is not None else SkipLog()
     pipe = _Pipeline(augment, int(image_size), training, tta, grayscale)
     if spec.is_tfrecord:
-        ds, decode = _tfrecord_source(spec, shuffle and not cache, seed, skipped, shuffle_buffer)
+        ds, decode = tfrecord_source(spec, shuffle and not cache, seed, skipped, shuffle_buffer)
     else:
-        ds, decode = _file_source(spec, shuffle and not cache, seed, skipped)
+        ds, decode = file_source(spec, shuffle and not cache, seed, skipped)
     # decode(element, jpeg_fn, transform) -> (image, label, item, ok); with the transforms
     # the image is (float image, lighting shift) for _Pipeline.finish.
     if cache:

@@ -1,9 +1,9 @@
 """Where the pipeline's images come from: files or TFRecord shards, checked before decoding.
 
-:func:`_file_source` sniffs every file's header once (:func:`sniff_all`) and routes it
+:func:`file_source` sniffs every file's header once (:func:`sniff_all`) and routes it
 to TensorFlow's native JPEG/PNG decoders, an in-graph EXIF rotation, a 16-bit PNG path
 or Pillow (in a ``py_function`` that records failures in the :class:`SkipLog`).
-:func:`_tfrecord_source` reads shards interleaved and checks each record's bytes in the
+:func:`tfrecord_source` reads shards interleaved and checks each record's bytes in the
 graph (:func:`_record_check`). Both return ``(dataset, decode)`` for
 :func:`alexkit.data.make_dataset`. TensorFlow is imported inside the functions only.
 """
@@ -31,7 +31,7 @@ def sniff_all(items: Sequence[str], workers: int | None = None) -> list[_decode.
         return list(pool.map(lambda i: _decode.sniff(i, limit), items, chunksize=64))
 
 
-def _file_source(spec: DatasetSpec, shuffle: bool, seed: int, skipped: SkipLog):
+def file_source(spec: DatasetSpec, shuffle: bool, seed: int, skipped: SkipLog):
     """(dataset of (item, label, route), decode function) after the header sniff."""
     import tensorflow as tf
 
@@ -207,7 +207,7 @@ def record_features():
     }
 
 
-def _tfrecord_source(spec: DatasetSpec, shuffle: bool, seed: int, skipped: SkipLog, buffer: int):
+def tfrecord_source(spec: DatasetSpec, shuffle: bool, seed: int, skipped: SkipLog, buffer: int):
     """(dataset of serialized records, decode function) with interleaved shard reading."""
     import tensorflow as tf
 

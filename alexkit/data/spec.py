@@ -191,7 +191,8 @@ def check_classes(spec: DatasetSpec, known_class_names: Sequence[str]) -> None:
     if unknown:
         raise DataError(
             f"{len(unknown)} class(es) in {spec.root or 'the data'} unknown to the model: "
-            f"{_list(unknown)}; known: {_list(sorted(known))}. Rename the folders or retrain."
+            f"{quote_names(unknown)}; known: {quote_names(sorted(known))}. "
+            "Rename the folders or retrain."
         )
 
 
@@ -206,6 +207,7 @@ def relabel(spec: DatasetSpec, class_names: Sequence[str]) -> DatasetSpec:
     return replace(spec, labels=labels, class_names=class_names)
 
 
-def _list(names: Sequence[str], limit: int = 8) -> str:
+def quote_names(names: Sequence[str], limit: int = 8) -> str:
+    """``'a', 'b', ... (12 in all)``: names for a one-line message, at most ``limit`` shown."""
     shown = ", ".join(repr(n) for n in names[:limit])
     return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
