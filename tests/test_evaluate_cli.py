@@ -412,3 +412,59 @@ def test_predict_applies_saved_temperature(tmp_path, runner):
             row = want[items.index(p["path"])]
             assert p["predicted"] == names[int(row.argmax())]  # temperature keeps the arg-max
             assert p["probability"] == pytest.approx(float(row.max()), abs=2e-6)
+
+
+def _write_dicom(path, pixels, patient):
+    """A minimal single-frame 12-bit MONOCHROME2 DICOM with a PatientID."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
+    ds.PatientID = patient
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    ds.save_as(str(path), enforce_file_format=True)
+
+
+def test_evaluate_dicom_patients_resampled_and_shared_patients_flagged(tmp_path, runner):
+    pytest.importorskip("pydicom")
+    from alexkit.data import load_spec
+    from alexkit.leakage import record_hashes, save_hashes
+
+    names = ["normal", "opacity"]
+    rng = np.random.default_rng(0)
+
+    def write(root, patients, per_patient):
+        for k, name in enumerate(names):
+            (root / name).mkdir(parents=True, exist_ok=True)
+            for p in patients:
+                for i in range(per_patient):
+                    pixels = rng.integers(0, 1500, (24, 24)) + 1500 * k
+                    _write_dicom(root / name / f"{p}_{i}.dcm", pixels, f"{name}-{p}")
+
+    write(tmp_path / "test", ["p1", "p2", "p3"], 3)
+    write(tmp_path / "train", ["p3", "p4"], 2)  # patient p3 of each class is in both
+    run, _ = tiny_run(tmp_path / "run", names)
+    save_hashes(run, record_hashes(load_spec(str(tmp_path / "train"), val_fraction=0)))
+    args = ["evaluate", str(run), "--data", str(tmp_path / "test"), "--n-boot", "200"]
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.stderr
+    metrics = json.loads(result.stdout)
+    assert metrics["num_samples"] == 18
+    assert metrics["ci_bootstrap"]["resampled"] == "groups"
+    assert metrics["ci_bootstrap"]["num_units"] == 6  # patients, not images
+    leak = metrics["leakage"]
+    assert leak["duplicate_items"] == 0  # no file is shared ...
+    assert (
+        leak["shared_groups"] == {"train": 2} and leak["shared_group_items"] == 6
+    )  # ... patients are
+    result = runner.invoke(app, [*args, "--strict"])
+    assert result.exit_code == 3
