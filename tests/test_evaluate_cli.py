@@ -468,3 +468,32 @@ def test_evaluate_dicom_patients_resampled_and_shared_patients_flagged(tmp_path,
     )  # ... patients are
     result = runner.invoke(app, [*args, "--strict"])
     assert result.exit_code == 3
+
+
+def test_evaluate_clips_resampled_per_clip(tmp_path, runner):
+    av = pytest.importorskip("av")
+    names = ["still", "moving"]
+    data = tmp_path / "clips"
+    rng = np.random.default_rng(1)
+    for k, name in enumerate(names):
+        (data / name).mkdir(parents=True)
+        for c in range(3):
+            with av.open(str(data / name / f"clip{c}.mp4"), "w") as container:
+                stream = container.add_stream("mpeg4", rate=10)
+                stream.width, stream.height, stream.pix_fmt = 48, 48, "yuv420p"
+                for _ in range(12):
+                    img = (rng.integers(0, 60, (48, 48, 3)) + 150 * k).astype(np.uint8)
+                    for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                        container.mux(packet)
+                for packet in stream.encode():
+                    container.mux(packet)
+    run, _ = tiny_run(tmp_path / "run", names)
+    out = tmp_path / "eval"
+    args = ["evaluate", str(run), "--data", str(data), "--n-boot", "200", "--out", str(out)]
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.stderr
+    metrics = json.loads(result.stdout)
+    assert metrics["num_samples"] > 6  # several frames per clip
+    assert metrics["ci_bootstrap"]["num_units"] == 6  # clips, not frames
+    assert metrics["groups"]["level"] == "clip" and metrics["groups"]["num_groups"] == 6
+    assert "Per clip" in (out / "report.html").read_text()
