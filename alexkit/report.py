@@ -296,10 +296,10 @@ def plot_reliability(report: EvalReport, path: str | Path) -> Path:
         bottom=np.nan_to_num(acc),
         width=width,
         align="edge",
-        color="red",
-        alpha=0.25,
+        fill=False,
+        edgecolor="red",
         hatch="//",
-        label="gap to confidence",
+        label="gap to mean confidence",
     )
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
     temp = cal.get("temperature")

@@ -238,8 +238,8 @@ def metric_intervals(
     """Intervals for every headline metric of an ``EvalReport``.
 
     Names: ``accuracy``, ``top5_accuracy`` (C > 5), ``macro_avg.{precision,recall,f1}``,
-    ``weighted_avg.f1``, ``per_class.<name>.{precision,recall,f1}`` and, for two classes,
-    ``binary.{roc_auc,pr_auc,sensitivity,specificity,ppv,npv}``.
+    ``weighted_avg.{precision,recall,f1}``, ``per_class.<name>.{precision,recall,f1}``
+    and, for two classes, ``binary.{roc_auc,pr_auc,sensitivity,specificity,ppv,npv}``.
 
     Args:
         y_true, y_pred: labels and decisions (N,).
@@ -305,7 +305,7 @@ def metric_intervals(
 
     # Everything else (and everything when clustered) from one bootstrap.
     boot_names: list[str] = ["macro_avg.precision", "macro_avg.recall", "macro_avg.f1"]
-    boot_names.append("weighted_avg.f1")
+    boot_names += ["weighted_avg.precision", "weighted_avg.recall", "weighted_avg.f1"]
     boot_names += [f"per_class.{name}.f1" for name in names]
     if clustered:
         boot_names.append("accuracy")
@@ -398,6 +398,8 @@ def _bootstrap(
         out[:, col["macro_avg.precision"]] = precision.mean(axis=1)
         out[:, col["macro_avg.recall"]] = recall.mean(axis=1)
         out[:, col["macro_avg.f1"]] = f1.mean(axis=1)
+        out[:, col["weighted_avg.precision"]] = (precision * support).sum(axis=1) / total
+        out[:, col["weighted_avg.recall"]] = (recall * support).sum(axis=1) / total
         out[:, col["weighted_avg.f1"]] = (f1 * support).sum(axis=1) / total
         out[:, f1_cols] = f1
         if per_class_cols is not None:

@@ -212,6 +212,7 @@ def test_ci_keys_name_point_estimates_and_hold_them(c):
         "num_units": n,
     }
     want = {"accuracy", "macro_avg.f1", "macro_avg.precision", "macro_avg.recall"}
+    want |= {"weighted_avg.f1", "weighted_avg.precision", "weighted_avg.recall"}
     want |= {f"per_class.{k}.{m}" for k in names for m in ("precision", "recall", "f1")}
     if c == 2:
         want |= {f"binary.{k}" for k in ("roc_auc", "pr_auc", "sensitivity", "specificity")}
