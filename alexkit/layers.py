@@ -34,11 +34,21 @@ class LocalResponseNormalization(keras.layers.Layer):
     Weights trained in Caffe (``bvlc_alexnet``) need k = 1 and alpha = 1e-4 / 5 here; use
     ``LocalResponseNormalization.caffe()`` (or ``from_caffe(local_size, alpha, k, beta)``).
 
-    The sum over the channel window is computed as a matrix product with a banded
-    matrix (alpha on the band, 0 elsewhere), which every backend runs as one fast matmul:
-    forward and backward ~4× faster than TensorFlow's own LRN op on this project's CPU.
-    Under mixed precision the layer computes in float32 (squares overflow float16) and
-    returns the input dtype.
+    How it is computed (the function is the formula above; only the cost changes):
+
+    - The window sum is a product with a banded matrix, one fast matmul on every backend
+      (shifted adds, cumulative sums, pooling and 1-channel convolutions over the channel
+      axis all measured slower on TensorFlow's CPU kernels). With 128 or more channels
+      it runs per block of 32 channels plus a 2r-channel halo: 36 multiply-adds per
+      element instead of C (256 for ``lrn2``).
+    - The gradient is written by hand, ``dx = g * s**-beta - 2 alpha beta * x *
+      window_sum(g * y / s)``, reusing the forward's ``s``, ``s**-beta`` and ``y``: about
+      half the elementwise passes of automatic differentiation through the forward.
+    - Under ``mixed_bfloat16`` it computes in bfloat16 (same exponent range as float32,
+      no casts, half the memory traffic). Its several bfloat16 roundings put the result
+      within ~1 % of float32 math on the same input (typically 0.2 %), the rounding noise
+      of any bfloat16 layer. Under ``mixed_float16`` it computes in float32 (squares
+      overflow float16) and returns float16.
 
     Args:
         depth_radius: half-width r of the window; the window spans n = 2r + 1 channels.
@@ -68,7 +78,7 @@ class LocalResponseNormalization(keras.layers.Layer):
         self.bias = float(bias)
         self.alpha = float(alpha)
         self.beta = float(beta)
-        self._band = None
+        self._block = None
 
     @classmethod
     def from_caffe(
@@ -94,23 +104,66 @@ class LocalResponseNormalization(keras.layers.Layer):
         channels = input_shape[-1]
         if channels is None:
             raise ValueError("LocalResponseNormalization needs a known channel count.")
-        # A numpy constant, not a backend tensor: safe to capture in any traced function.
-        idx = np.arange(channels)
-        window = np.abs(idx[None, :] - idx[:, None]) <= self.depth_radius
-        self._band = (window * self.alpha).astype("float32")
+        self._block = _lrn_block_size(channels, self.depth_radius)
+        # Numpy constants, not backend tensors: safe to capture in any traced function.
+        # alpha (forward) and -2*alpha*beta (backward) are folded into the band.
+        halo = self.depth_radius if self._block < channels else 0
+        rows, radius = self._block + 2 * halo, self.depth_radius
+        self._band_forward = _band(rows, self._block, halo, radius, self.alpha)
+        self._band_backward = _band(rows, self._block, halo, radius, -2.0 * self.alpha * self.beta)
         self.built = True
 
-    def call(self, inputs):
-        x = ops.cast(inputs, "float32")
-        # alpha is folded into the band matrix: one elementwise pass fewer.
-        scale = ops.matmul(ops.square(x), self._band) + self.bias
+    def _window_sum(self, values, band: np.ndarray):
+        """``sum_{|j-i|<=r} band * values_j`` over the last axis (band carries the scale)."""
+        band = ops.cast(band, values.dtype)
+        channels = values.shape[-1]
+        block, radius = self._block, self.depth_radius
+        if block == channels:
+            return ops.matmul(values, band)
+        # Blocks of `block` channels, each widened by the r channels on either side
+        # (zeros past the ends), so one small banded matmul per block does the whole sum.
+        shape = ops.shape(values)
+        blocks = ops.reshape(values, (-1, channels // block, block))
+        before = ops.pad(blocks[:, :-1, block - radius :], [[0, 0], [1, 0], [0, 0]])
+        after = ops.pad(blocks[:, 1:, :radius], [[0, 0], [0, 1], [0, 0]])
+        widened = ops.concatenate([before, blocks, after], axis=-1)
+        return ops.reshape(ops.matmul(widened, band), shape)
+
+    def _inverse_power(self, scale):
+        """``scale ** -beta``; the common exponents without pow(), which is slow on CPUs."""
         if self.beta == 0.75:
-            # s^-0.75 = r * sqrt(r) with r = rsqrt(s): 3× cheaper than pow() here.
-            r = ops.rsqrt(scale)
-            inv = r * ops.sqrt(r)
-        else:
-            inv = ops.power(scale, -self.beta)
-        return ops.cast(x * inv, inputs.dtype)
+            # s^-0.75 = rsqrt(s * sqrt(s)): three cheap ops, and in bfloat16 fewer rounding
+            # errors reach the result than with r * sqrt(r), r = rsqrt(s).
+            return ops.rsqrt(scale * ops.sqrt(scale))
+        if self.beta == 0.5:
+            return ops.rsqrt(scale)
+        if self.beta == 1.0:
+            return ops.reciprocal(scale)
+        return ops.power(scale, -self.beta)
+
+    def call(self, inputs):
+        # bfloat16 has float32's range: compute in it. float16 squares overflow: float32.
+        out_dtype = keras.backend.standardize_dtype(inputs.dtype)
+        compute = "bfloat16" if out_dtype == "bfloat16" else "float32"
+
+        @ops.custom_gradient
+        def lrn(x):
+            x = ops.cast(x, compute)
+            scale = self._window_sum(ops.square(x), self._band_forward) + self.bias
+            inv = self._inverse_power(scale)
+            y = x * inv
+
+            def grad(*args, upstream=None):
+                if upstream is None:
+                    (upstream,) = args
+                g = ops.cast(upstream, compute)
+                # d y_i / d x_j summed over i: the window is symmetric, so the same band.
+                spread = self._window_sum(g * y / scale, self._band_backward)
+                return ops.cast(g * inv + x * spread, out_dtype)
+
+            return ops.cast(y, out_dtype), grad
+
+        return lrn(inputs)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -126,6 +179,20 @@ class LocalResponseNormalization(keras.layers.Layer):
             }
         )
         return config
+
+
+def _lrn_block_size(channels: int, radius: int) -> int:
+    """Channels per banded block: 32 where that saves work (C >= 128), else all of them."""
+    for block in (32, 16, 64):
+        if channels >= 128 and channels % block == 0 and block >= 2 * radius + 1:
+            return block
+    return channels
+
+
+def _band(rows: int, cols: int, offset: int, radius: int, value: float) -> np.ndarray:
+    """(rows, cols) float32 matrix: ``value`` where ``|row - offset - col| <= radius``, else 0."""
+    distance = np.arange(rows)[:, None] - offset - np.arange(cols)[None, :]
+    return ((np.abs(distance) <= radius) * value).astype("float32")
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

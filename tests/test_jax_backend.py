@@ -87,3 +87,67 @@ def test_model_and_lrn_identical_under_jax(tmp_path):
         np.testing.assert_allclose(
             got[variant + "_loaded"], expected[variant], rtol=1e-4, atol=1e-5
         )
+
+
+JAX_LRN_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import keras
+    assert keras.backend.backend() == "jax", keras.backend.backend()
+    from alexkit.layers import LocalResponseNormalization
+    data = np.load(sys.argv[1])
+    results = {}
+    for name in ("c13", "c256"):
+        x, w = jnp.asarray(data[name + "_x"]), jnp.asarray(data[name + "_w"])
+        for policy in ("float32", "mixed_bfloat16"):
+            layer = LocalResponseNormalization(dtype=policy)
+            xin = x.astype(layer.compute_dtype)
+            def loss(t):
+                return jnp.sum(layer(t).astype("float32") * w)
+            value, grad = jax.value_and_grad(loss)(xin)
+            results[f"{name}_{policy}_y"] = np.asarray(layer(xin).astype("float32"))
+            results[f"{name}_{policy}_g"] = np.asarray(grad.astype("float32"))
+    np.savez(sys.argv[2], **results)
+    """
+)
+
+
+@pytest.mark.slow
+def test_lrn_value_and_gradient_under_jax_equal_tf(tmp_path):
+    """The hand-written gradient (keras.ops.custom_gradient) under JAX, fp32 and bf16."""
+    pytest.importorskip("jax", reason="jax is in the dev extra; CI installs it")
+    rng = np.random.default_rng(7)
+    inputs, expected = {}, {}
+    for name, channels in (("c13", 13), ("c256", 256)):  # dense band; blocked band
+        x = (rng.uniform(0, 1, (2, 3, 3, channels)) ** 2 * 300).astype("float32")
+        w = rng.standard_normal(x.shape).astype("float32")
+        inputs[name + "_x"], inputs[name + "_w"] = x, w
+        for policy, dtype in (("float32", tf.float32), ("mixed_bfloat16", tf.bfloat16)):
+            # The oracle sees what the layer sees: the input rounded to the compute dtype.
+            xt = tf.cast(tf.cast(tf.constant(x), dtype), tf.float32)
+            with tf.GradientTape() as tape:
+                tape.watch(xt)
+                y = tf.nn.local_response_normalization(xt, 2, 2.0, 1e-4, 0.75)
+                loss = tf.reduce_sum(y * w)
+            expected[f"{name}_{policy}_y"] = y.numpy()
+            expected[f"{name}_{policy}_g"] = tape.gradient(loss, xt).numpy()
+    np.savez(tmp_path / "in.npz", **inputs)
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+    proc = subprocess.run(
+        [sys.executable, "-c", JAX_LRN_SCRIPT, str(tmp_path / "in.npz"), str(tmp_path / "o.npz")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = np.load(tmp_path / "o.npz")
+    for key, ref in expected.items():
+        # fp32: 1e-5; bf16 (computed in bfloat16, see tests/test_layers.py): 2e-2.
+        tol = 1e-5 if "_float32_" in key else 2e-2
+        np.testing.assert_allclose(
+            got[key], ref, rtol=tol, atol=tol * np.abs(ref).max(), err_msg=key
+        )

@@ -1,0 +1,175 @@
+"""Which numeric precision to compute in: ``"auto"`` resolved from the hardware, cheaply.
+
+bfloat16 pays off where the hardware multiplies it natively: CPUs with AMX (Intel Sapphire
+Rapids and later) or AVX512-BF16 (Intel Cooper Lake, AMD Zen 4 and later), and NVIDIA GPUs
+of compute capability 8.0 or more (Ampere and later). Elsewhere it is emulated and slower
+than float32, so ``"auto"`` means float32 there.
+
+Nothing here imports TensorFlow or Keras: the CPU's flags come from ``/proc/cpuinfo`` and a
+GPU's compute capability from ``nvidia-smi``, so resolving ``auto`` costs milliseconds and
+can run before the backend is chosen.
+
+Example:
+    >>> policy = resolve_precision("auto")          # "mixed_bfloat16" or "float32"
+    >>> keras.mixed_precision.set_dtype_policy(policy)
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+
+from alexkit.errors import UsageError
+
+#: Keras dtype-policy names this module returns.
+POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
+
+#: What users may write, mapped to a Keras dtype-policy name (``"auto"`` is resolved).
+ALIASES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "bfloat16": "mixed_bfloat16",
+    "bf16": "mixed_bfloat16",
+    "mixed_bfloat16": "mixed_bfloat16",
+    "float16": "mixed_float16",
+    "fp16": "mixed_float16",
+    "mixed_float16": "mixed_float16",
+}
+
+#: CPU flags (as /proc/cpuinfo spells them) that mean native bfloat16 arithmetic.
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+
+#: Lowest NVIDIA compute capability with native bfloat16 (Ampere).
+BF16_GPU_CAPABILITY = (8, 0)
+
+
+@dataclass(frozen=True)
+class CpuInfo:
+    """The CPU's model name and feature flags (empty where they cannot be read)."""
+
+    model_name: str
+    flags: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def amx(self) -> bool:
+        """AMX tiles with bfloat16 (``amx_bf16``)."""
+        return "amx_bf16" in self.flags
+
+    @property
+    def avx512_bf16(self) -> bool:
+        return "avx512_bf16" in self.flags
+
+    @property
+    def bfloat16(self) -> bool:
+        """Native bfloat16 arithmetic: AMX or AVX512-BF16."""
+        return any(flag in self.flags for flag in BF16_CPU_FLAGS)
+
+    def as_dict(self) -> dict:
+        """For benchmark JSON and run configs: name, cores and the flags that matter here."""
+        return {
+            "model_name": self.model_name,
+            "cpus": os.cpu_count(),
+            "avx512f": "avx512f" in self.flags,
+            "avx512_bf16": self.avx512_bf16,
+            "amx_bf16": self.amx,
+            "amx_tile": "amx_tile" in self.flags,
+        }
+
+
+def parse_cpuinfo(text: str) -> CpuInfo:
+    """A :class:`CpuInfo` from the text of ``/proc/cpuinfo`` (first processor's entries)."""
+    model, flags = "", frozenset()
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if not sep:
+            continue
+        key = key.strip()
+        if key == "model name" and not model:
+            model = value.strip()
+        elif key in ("flags", "Features") and not flags:  # x86 / arm64 spelling
+            flags = frozenset(value.split())
+    return CpuInfo(model_name=model or platform.processor() or platform.machine(), flags=flags)
+
+
+def read_cpu_info(path: str = "/proc/cpuinfo") -> CpuInfo:
+    """This machine's CPU; on systems without ``/proc/cpuinfo``, a name and no flags."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return parse_cpuinfo(f.read())
+    except OSError:
+        return CpuInfo(model_name=platform.processor() or platform.machine())
+
+
+def gpu_compute_capabilities(timeout: float = 5.0) -> list[tuple[int, int]]:
+    """Compute capabilities of the NVIDIA GPUs this process may use; ``[]`` when none.
+
+    Asks ``nvidia-smi`` (no CUDA or TensorFlow import) and honours
+    ``CUDA_VISIBLE_DEVICES`` being empty or ``-1`` (GPUs hidden on purpose).
+    """
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return []
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return []
+    try:
+        proc = subprocess.run(
+            [exe, "--query-gpu=compute_cap", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return []
+    if proc.returncode != 0:
+        return []
+    caps = []
+    for line in proc.stdout.splitlines():
+        major, _, minor = line.strip().partition(".")
+        if major.isdigit():
+            caps.append((int(major), int(minor) if minor.isdigit() else 0))
+    return caps
+
+
+def resolve_precision(
+    requested: str = "auto",
+    *,
+    cpu: CpuInfo | None = None,
+    gpu_capabilities: list[tuple[int, int]] | None = None,
+) -> str:
+    """The Keras dtype-policy name to use for ``requested``.
+
+    ``"auto"``: with a visible NVIDIA GPU (the computation runs there), ``mixed_bfloat16``
+    if every visible GPU has compute capability >= 8.0, else ``float32``; without one,
+    ``mixed_bfloat16`` if the CPU has AMX or AVX512-BF16, else ``float32``. Explicit
+    values (``float32``/``fp32``, ``bfloat16``/``bf16``/``mixed_bfloat16``,
+    ``float16``/``fp16``/``mixed_float16``) are returned as policy names, unchecked
+    against the hardware: asking is allowed, it may just be slow.
+
+    Args:
+        requested: ``"auto"`` or one of the names above (case-insensitive).
+        cpu: the CPU to decide for (default: this machine's, :func:`read_cpu_info`).
+        gpu_capabilities: the visible GPUs' compute capabilities (default:
+            :func:`gpu_compute_capabilities`); ``[]`` for none.
+
+    Returns:
+        ``"float32"``, ``"mixed_bfloat16"`` or ``"mixed_float16"``.
+
+    Raises:
+        UsageError: an unknown precision name.
+    """
+    name = str(requested).strip().lower()
+    if name in ALIASES:
+        return ALIASES[name]
+    if name != "auto":
+        valid = ", ".join(["auto", *ALIASES])
+        raise UsageError(f"unknown precision {requested!r}; choose one of: {valid}.")
+    caps = gpu_compute_capabilities() if gpu_capabilities is None else gpu_capabilities
+    if caps:
+        return "mixed_bfloat16" if min(caps) >= BF16_GPU_CAPABILITY else "float32"
+    info = read_cpu_info() if cpu is None else cpu
+    return "mixed_bfloat16" if info.bfloat16 else "float32"
