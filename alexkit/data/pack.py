@@ -88,7 +88,9 @@ def _example(data: bytes, height: int, width: int, label: int, spec: DatasetSpec
         "image/class/synset": b(name),
         "image/class/text": b(name),
     }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(
+        deterministic=True
+    )
 
 
 def pack_tfrecords(

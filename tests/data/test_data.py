@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from collections import Counter
 
 import numpy as np
@@ -522,3 +523,25 @@ def test_shards_of_each_global_batch_rebuild_the_unsharded_batches(tmp_path):
         np.testing.assert_array_equal(np.concatenate([p[k][1] for p in parts]), y)
     with pytest.raises(UsageError, match="divisible"):
         make_dataset(spec, training=True, batch_size=5, shard=(0, 2))
+
+
+def test_pack_writes_the_same_bytes_in_every_process(tmp_path):
+    # Protobuf serialises a feature map in an order that changes from process to process
+    # (hash seed) unless asked not to: shards of the same data must be the same bytes.
+    import subprocess
+    import sys
+
+    write_class_images(tmp_path / "src", ["cat", "dog"], 3, size=(40, 30), fmt="JPEG")
+    script = (
+        "import sys; from alexkit import data; "
+        "spec = data.load_spec(sys.argv[1], val_fraction=0.34, seed=0); "
+        "data.pack_tfrecords(spec, sys.argv[2], shards=1)"
+    )
+    for seed, out in (("1", "a"), ("2", "b")):
+        env = dict(os.environ, PYTHONHASHSEED=seed)
+        args = [sys.executable, "-c", script, str(tmp_path / "src"), str(tmp_path / out)]
+        subprocess.run(args, check=True, env=env, capture_output=True)
+    first = sorted(p for p in (tmp_path / "a").iterdir() if "-of-" in p.name)
+    assert first
+    for p in first:
+        assert p.read_bytes() == (tmp_path / "b" / p.name).read_bytes(), p.name
