@@ -47,12 +47,7 @@ def brier_score(y_true: np.ndarray, probs: np.ndarray) -> float:
     Two classes: ``mean((p_1 - y)^2)`` (scikit-learn's ``brier_score_loss``); more
     classes: Brier's original ``mean(sum_k (p_k - [y == k])^2)``.
     """
-    y = np.asarray(y_true, dtype=np.int64)
-    p = _as_probs(probs)
-    if p.shape[1] == 2:
-        return float(np.mean((p[:, 1] - (y == 1)) ** 2))
-    onehot = np.eye(p.shape[1])[y]
-    return float(np.mean(np.sum((p - onehot) ** 2, axis=1)))
+    return float(np.mean(brier_terms(y_true, probs)))
 
 
 def negative_log_likelihood(y_true: np.ndarray, probs: np.ndarray) -> float:
@@ -60,6 +55,22 @@ def negative_log_likelihood(y_true: np.ndarray, probs: np.ndarray) -> float:
     y = np.asarray(y_true, dtype=np.int64)
     p = _as_probs(probs)
     return float(-np.mean(np.log(np.clip(p[np.arange(y.size), y], _EPS, 1.0))))
+
+
+def bin_index(probs: np.ndarray, bins: int = ECE_BINS) -> np.ndarray:
+    """Per item, its equal-width bin of top-label confidence (0..bins-1)."""
+    conf = _as_probs(probs).max(axis=1)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    return np.clip(np.digitize(conf, edges[1:-1], right=False), 0, bins - 1)
+
+
+def brier_terms(y_true: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Per-item terms whose mean is :func:`brier_score`."""
+    y = np.asarray(y_true, dtype=np.int64)
+    p = _as_probs(probs)
+    if p.shape[1] == 2:
+        return (p[:, 1] - (y == 1)) ** 2
+    return np.sum((p - np.eye(p.shape[1])[y]) ** 2, axis=1)
 
 
 def reliability_bins(
@@ -74,7 +85,7 @@ def reliability_bins(
     conf = p.max(axis=1)
     correct = (p.argmax(axis=1) == y).astype(np.float64)
     edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(conf, edges[1:-1], right=False), 0, bins - 1)
+    which = bin_index(p, bins)
     out = []
     for b in range(bins):
         mask = which == b

@@ -239,7 +239,8 @@ def metric_intervals(
 
     Names: ``accuracy``, ``top5_accuracy`` (C > 5), ``macro_avg.{precision,recall,f1}``,
     ``weighted_avg.{precision,recall,f1}``, ``per_class.<name>.{precision,recall,f1}``
-    and, for two classes, ``binary.{roc_auc,pr_auc,sensitivity,specificity,ppv,npv}``.
+    and, for two classes, ``binary.{roc_auc,pr_auc,sensitivity,specificity,ppv,npv}``;
+    ``calibration.{ece,brier}`` (bootstrap).
 
     Args:
         y_true, y_pred: labels and decisions (N,).
@@ -318,6 +319,7 @@ def metric_intervals(
             boot_names.append("binary.roc_auc")
     if binary:
         boot_names.append("binary.pr_auc")
+    boot_names += ["calibration.ece", "calibration.brier"]
     bands: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     if n_boot and n:
         dist, band_dists = _bootstrap(
@@ -364,7 +366,13 @@ def _bootstrap(
     Per-class counts per resample are sparse products of the multiplicity rows with
     one-hot matrices, so one resample costs O(N) whatever the class count.
     """
+    from alexkit.calibration import ECE_BINS, bin_index, brier_terms
+
     c = probs.shape[1]
+    bins = _onehot(bin_index(probs), ECE_BINS)
+    conf = probs.max(axis=1)
+    top_right = probs.argmax(axis=1) == y  # ECE scores the arg-max, whatever the threshold
+    brier = brier_terms(y, probs)
     truth = _onehot(y, c)
     predicted = _onehot(pred, c)
     hits = _onehot(y, c, mask=correct)
@@ -405,6 +413,10 @@ def _bootstrap(
         if per_class_cols is not None:
             out[:, per_class_cols[0]] = _safe_div(tp, support, math.nan)
             out[:, per_class_cols[1]] = _safe_div(tp, npred, math.nan)
+        conf_sum = np.asarray((bins.T @ (w * conf).T).T)
+        right_sum = np.asarray((bins.T @ (w * top_right).T).T)
+        out[:, col["calibration.ece"]] = np.abs(conf_sum - right_sum).sum(axis=1) / total
+        out[:, col["calibration.brier"]] = (w @ brier) / total
         if "accuracy" in col:
             out[:, col["accuracy"]] = (w @ correct) / total
         if "top5_accuracy" in col and top5 is not None:

@@ -213,3 +213,28 @@ def test_bad_arguments():
         metric_intervals(y, p.argmax(1), p, list("abc"), n_boot=10)
     got = metric_intervals(y, p.argmax(1), p, list("abc"), n_boot=0)
     assert "macro_avg.f1" not in got.ci and got.method["accuracy"] == "wilson"
+
+
+def test_ece_and_brier_bootstrap_equal_scipy():
+    from scipy.stats import bootstrap
+
+    from alexkit.calibration import brier_score, expected_calibration_error
+
+    y, p = _multiclass(7, n=180, c=4)
+    got = metric_intervals(y, p.argmax(1), p, list("abcd"), n_boot=300, seed=2)
+    for key, fn in (
+        ("calibration.ece", expected_calibration_error),
+        ("calibration.brier", brier_score),
+    ):
+        res = bootstrap(
+            (np.arange(y.size),),
+            lambda i, fn=fn: fn(y[i], p[i]),
+            vectorized=False,
+            paired=True,
+            n_resamples=300,
+            method="percentile",
+            rng=np.random.default_rng(2),
+        )
+        want = (res.confidence_interval.low, res.confidence_interval.high)
+        assert got.ci[key] == pytest.approx(want, abs=1e-12), key
+        assert got.method[key] == "bootstrap"
