@@ -113,17 +113,38 @@ def record_hashes(spec: Any, splits: Iterable[str] = ("train", "val")) -> dict[s
             for i, s in enumerate(spec.splits)
             if s == split or (split == "train" and s == "" and "train" in wanted)
         ]
-        if not index:
-            continue
-        hashes = hash_items([spec.items[i] for i in index])
-        groups = {spec.groups[i] for i in index if spec.groups[i]}
-        doc["splits"][split] = {
-            "items": len(index),
-            "unreadable": sum(h is None for h in hashes),
-            "hashes": sorted({h for h in hashes if h}),
-            "groups": sorted(groups),
-        }
+        if index:
+            items = [spec.items[i] for i in index]
+            doc["splits"][split] = _split_entry(items, [spec.groups[i] for i in index])
     return doc
+
+
+def record_run_hashes(train_spec: Any, val_spec: Any = None) -> dict[str, Any]:
+    """:func:`record_hashes` for a run that holds its splits as two specs.
+
+    Every item of ``train_spec`` is recorded as ``train`` and every item of ``val_spec``
+    as ``val``, whatever split labels they carry (a ``--val`` folder has none).
+    """
+    doc = record_hashes(train_spec, splits=())
+    if getattr(train_spec, "is_tfrecord", False):
+        return doc
+    for split, spec in (("train", train_spec), ("val", val_spec)):
+        if spec is not None and len(spec.items):
+            if getattr(spec, "is_tfrecord", False):
+                doc["skipped"] = f"{split}: TFRecord shards hold many images each; not hashed"
+                continue
+            doc["splits"][split] = _split_entry(list(spec.items), list(spec.groups))
+    return doc
+
+
+def _split_entry(items: list[str], groups: list[str]) -> dict[str, Any]:
+    hashes = hash_items(items)
+    return {
+        "items": len(items),
+        "unreadable": sum(h is None for h in hashes),
+        "hashes": sorted({h for h in hashes if h}),
+        "groups": sorted({g for g in groups if g}),
+    }
 
 
 def save_hashes(run_dir: str | Path, doc: dict[str, Any]) -> Path:

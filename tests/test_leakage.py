@@ -19,6 +19,7 @@ from alexkit.leakage import (
     leakage_message,
     load_hashes,
     record_hashes,
+    record_run_hashes,
     save_hashes,
 )
 
@@ -86,3 +87,13 @@ def test_tfrecord_specs_are_not_hashed(tmp_path):
     spec = DatasetSpec(["train-00000-of-00001"], [-1], ["a"], root="x", layout="tfrecord")
     doc = record_hashes(spec)
     assert doc["splits"] == {} and "TFRecord" in doc["skipped"]
+
+
+def test_record_run_hashes_labels_by_spec_not_split(tmp_path):
+    spec = _spec(tmp_path)
+    train, val = spec.subset("train"), spec.subset("val")
+    unsplit_val = DatasetSpec(val.items, val.labels, val.class_names, groups=val.groups)  # --val
+    doc = record_run_hashes(train, unsplit_val)
+    want = record_hashes(spec)
+    assert doc["splits"] == want["splits"]
+    assert record_run_hashes(train)["splits"].keys() == {"train"}
