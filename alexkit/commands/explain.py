@@ -30,7 +30,9 @@ def explain(
         "predicted", "--class", "-c", help="Whose evidence: predicted, true or a class name."
     ),
     alpha: float = typer.Option(0.4, "--alpha", help="Heat-map opacity in the overlay (0-1)."),
-    colormap: str = typer.Option("jet", "--colormap", help="A matplotlib colormap name."),
+    colormap: str | None = typer.Option(
+        None, "--colormap", help="A matplotlib colormap (default jet; occlusion: coolwarm)."
+    ),
     save_maps: bool = typer.Option(
         False, "--save-maps", help="Also write maps.npz (raw maps, keyed by relative path)."
     ),
@@ -41,6 +43,11 @@ def explain(
     ),
     batch_size: int = typer.Option(32, "--batch-size", "-b", help="Images per pass."),
     limit: int | None = typer.Option(None, "--limit", help="Explain at most N images."),
+    sanity: bool = typer.Option(
+        False,
+        "--sanity-check",
+        help="Also check the maps (Adebayo 2018) on up to 16 images: sanity.json.",
+    ),
     force: bool = typer.Option(False, "--force", help="Replace the outputs in a non-empty --out."),
     json_output: bool = typer.Option(False, "--json", help="Print a JSON summary only."),
 ) -> None:
@@ -69,6 +76,7 @@ def explain(
         raise UsageError("give the images either as --data PATH or as IMAGE arguments, not both.")
     if method not in METHODS:
         raise UsageError(f"--method must be one of {', '.join(METHODS)}; received {method!r}.")
+    colormap = colormap or ("coolwarm" if method == "occlusion" else "jet")
     check_colormap(colormap)
     baseline_value: str | float = baseline
     if baseline not in ("mean", "black"):
@@ -121,6 +129,7 @@ def explain(
             baseline=baseline_value,
             limit=limit,
             force=force,
+            sanity=sanity,
             skipped=skipped,
             progress=update,
         )
@@ -138,6 +147,14 @@ def explain(
         f"{f' at {layer}' if method != 'occlusion' else ''} in {result.seconds:.1f} s "
         f"({result.images_per_second:.1f} img/s); wrote {', '.join(result.files)} to {out}"
     )
+    if result.sanity is not None:
+        head, contrast = result.sanity["head_randomisation"], result.sanity["class_contrast"]
+        verdict = "passed" if result.sanity["passed"] else "[bold red]FAILED[/]"
+        console.print(
+            "sanity checks (Adebayo et al. 2018; rank correlation, want well below 1): "
+            f"head re-initialised {head['mean_rank_correlation']:.2f}, "
+            f"top-2 classes {contrast['mean_rank_correlation']:.2f} → {verdict}"
+        )
     if low:
         console.print(
             f"{len(low)} image(s) have < 30 % of the heat in the central half of the image "
