@@ -480,3 +480,35 @@ def test_cli_explains_video_frames_with_the_frame_in_the_name(run_dir, tmp_path)
     # Lossy MPEG-4 keeps the square's colour: the net still reads most frames right.
     truth = [list(COLOURS)[y[f]] for f in frames_seen]
     assert sum(r["predicted"] == t for r, t in zip(rows, truth, strict=True)) >= 6
+
+
+def test_cli_explains_a_csv_manifest_and_multiframe_dicom(run_dir, tmp_path):
+    pytest.importorskip("pydicom")
+    from test_media import write_dicom
+
+    run, data, _ = run_dir
+    files = sorted(data.rglob("*.png"))
+    manifest = tmp_path / "list.csv"
+    lines = ["path,label"] + [f"{p},{p.parent.name}" for p in files[:3]]
+    stored = np.full((2, 64, 64), 300, np.uint16)  # two frames, a bright square in each
+    stored[0, 8:24, 8:24] = stored[1, 40:56, 40:56] = 3000
+    scan = write_dicom(tmp_path / "scan.dcm", stored)
+    lines.append(f"{scan},red")
+    manifest.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    args = ["explain", str(run), "--data", str(manifest), "--out", str(out), "--save-maps"]
+    result = CliRunner().invoke(app, [*args, "--class", "true", "--json"])
+    assert result.exit_code == 0, result.stderr
+    rows = _rows(out / "explain.csv")
+    assert len(rows) == 3 + 2
+    dicom = [r for r in rows if r["path"].startswith("scan.dcm#frame=")]
+    assert [r["overlay"] for r in dicom] == [
+        "overlays/scan_frame0000.png",
+        "overlays/scan_frame0001.png",
+    ]
+    assert all(r["target"] == r["true"] for r in rows)
+    maps = np.load(out / "maps.npz")
+    assert sorted(maps.files) == sorted(r["path"] for r in rows)
+    # The two frames' squares sit in opposite corners, and so do their maps' peaks.
+    a, b = (E.peak(maps[r["path"]]) for r in dicom)
+    assert a[0] < 113 < b[0] and a[1] < 113 < b[1]
