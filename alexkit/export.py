@@ -6,9 +6,11 @@ are. Every artefact takes what the ``.keras`` model takes — raw RGB pixels in 
 float32, NHWC, at the variant's size — and returns class probabilities (divided by the
 run's temperature first, when ``calibration.json`` has one): the preprocessing stays inside.
 
-Built on Keras' own ``model.export``:
+Built on Keras' own ``model.export`` where it serves:
 
-- ``savedmodel``: ``format="tf_saved_model"``, a ``serving_default`` signature.
+- ``savedmodel``: a ``serving_default`` signature (``image`` -> ``output_0``), written
+  like ``format="tf_saved_model"`` but with each weight stored once (see
+  :func:`_save_serving`).
 - ``onnx``: ``format="onnx"`` (tf2onnx underneath), checked with ``onnx.checker``
   (``full_check=True``) and run with onnxruntime; ``dynamic-int8`` is onnxruntime's
   ``quantize_dynamic`` (int8 weights, activations quantized at run time).
@@ -223,6 +225,7 @@ class Source:
 def load_source(
     source: Any,
     *,
+    weights: bool = False,
     variant: str = "torchvision",
     class_names: Sequence[str] | None = None,
 ) -> Source:
@@ -232,6 +235,8 @@ def load_source(
         source: a run directory or ``.keras`` file (:func:`alexkit.evaluate.load_trained`),
             the name of stored weights (:func:`alexkit.weights.load_weights_model`), or an
             in-memory ``keras.Model``.
+        weights: ``source`` is a weights-store name, even if a file of that name exists
+            (otherwise a name that is not an existing path is tried in the store).
         variant: the variant of stored weights.
         class_names: names for an in-memory model (default ``"0".."C-1"``).
     """
@@ -240,19 +245,20 @@ def load_source(
         names = [str(c) for c in class_names] if class_names else [str(i) for i in range(n)]
         return Source(source, names, {}, "model", getattr(source, "name", "model"))
     path = Path(source)
-    if path.exists():
+    if path.exists() and not weights:
         from alexkit.evaluate import load_trained
 
         model, names, config = load_trained(path)
         run_dir = path if path.is_dir() else path.parent
         kind = "run" if path.is_dir() else "keras"
         return Source(model, names, config, kind, str(path), run_dir)
-    if isinstance(source, str) and not any(sep in source for sep in "/\\"):
+    if weights or (isinstance(source, str) and not any(sep in source for sep in "/\\")):
         from alexkit.weights import load_weights_model
 
         model = load_weights_model(source, variant)
         n = int(model.output_shape[-1])
-        return Source(model, [str(i) for i in range(n)], {}, "weights", f"{source} ({variant})")
+        names = [str(c) for c in class_names] if class_names else [str(i) for i in range(n)]
+        return Source(model, names, {}, "weights", f"{source} ({variant})")
     raise CheckpointError(
         f"{source} does not exist: pass a run directory, a .keras file or --weights NAME."
     )
@@ -317,6 +323,28 @@ def _input_spec(size: int, batch: int | None) -> Any:
     return tf.TensorSpec((batch, size, size, 3), tf.float32, name="image")
 
 
+def _save_serving(model: Any, path: Path, spec: Any) -> None:
+    """A SavedModel whose ``serving_default`` maps ``image`` to ``output_0``.
+
+    What Keras' ``model.export(format="tf_saved_model")`` does, minus one thing: Keras
+    3.15's ``ExportArchive`` checkpoints every weight twice (its Keras variables and the
+    ``tf.Variable``s its functions use), doubling the folder (488 MB, not 244 MB, for a
+    1000-class AlexNet) and what a server restores. Here the module tracks the
+    ``tf.Variable``s once.
+    """
+    import tensorflow as tf
+
+    module = tf.Module()
+    module.weights = [v.value for v in model.variables]
+
+    @tf.function(input_signature=[spec], autograph=False)
+    def serve(image):
+        return {"output_0": model(image, training=False)}
+
+    module.serve = serve
+    tf.saved_model.save(module, str(path), signatures={"serving_default": serve})
+
+
 def _convert(model: Any, fmt: str, path: Path, quantize: str, spec: Any) -> None:
     """Write ``model`` as ``fmt`` to ``path`` (Keras' exporters, then quantization)."""
     import tensorflow as tf
@@ -324,7 +352,7 @@ def _convert(model: Any, fmt: str, path: Path, quantize: str, spec: Any) -> None
     if fmt == "savedmodel":
         if path.exists():
             shutil.rmtree(path)  # only a previous SavedModel (checked in artefact_path)
-        model.export(str(path), format="tf_saved_model", input_signature=[spec], verbose=False)
+        _save_serving(model, path, spec)
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "onnx":
@@ -708,6 +736,7 @@ def export_model(
     data: str | Path | None = None,
     batch: str | int = "dynamic",
     *,
+    weights: bool = False,
     variant: str = "torchvision",
     class_names: Sequence[str] | None = None,
     max_images: int = MAX_PARITY_IMAGES,
@@ -725,6 +754,7 @@ def export_model(
         data: images to compare on (their ``test``/``val`` split when present); default a
             fixed set of generated images. Labelled data also gives the accuracy change.
         batch: ``dynamic`` or a fixed batch size for the artefact's input.
+        weights: ``source`` is a weights-store name (see :func:`load_source`).
         variant: the variant of stored weights (``source`` a weights name).
         class_names: class names for an in-memory model.
         max_images: compare on at most this many images of ``data``.
@@ -748,7 +778,7 @@ def export_model(
     started = time.perf_counter()
 
     say("loading the model")
-    src = load_source(source, variant=variant, class_names=class_names)
+    src = load_source(source, weights=weights, variant=variant, class_names=class_names)
     temperature, calibration = _temperature(src)
     model = serving_model(src.model, temperature)
     size = int(model.input_shape[1] or src.config.get("image_size") or 227)

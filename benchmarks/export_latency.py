@@ -1,9 +1,9 @@
 """Latency, throughput and file size of exported AlexNets: Keras vs onnxruntime vs LiteRT.
 
-For each variant, a 1000-class AlexNet (seeded random weights: speed and size do not
-depend on the values) is exported with ``alexkit.export.export_model`` to every format
-and quantization (each export also runs its own parity check), then each runtime is timed
-on the same random [0, 255] images:
+For each variant, a 1000-class AlexNet (seeded random weights, the classifier scaled to
+give varied probabilities; speed and size do not depend on the values) is exported with
+``alexkit.export.export_model`` to every format and quantization (each export also runs
+its own parity check), then each runtime is timed on the same random [0, 255] images:
 
 * ``single``: one image per call, ``--single-runs`` calls after 3 warm-up calls: p50 and
   p95 latency in milliseconds;
@@ -77,6 +77,20 @@ def measure(fn, single: np.ndarray, batch: np.ndarray, args) -> dict:
     }
 
 
+def spread_head(model, images: np.ndarray) -> None:
+    """Random head weights giving logits of spread ~2 (He init zeroes the classifier,
+    which would make every export trivially equal: uniform probabilities)."""
+    import keras
+
+    head = model.get_layer("predictions")
+    features = np.asarray(keras.Model(model.inputs, head.input).predict_on_batch(images))
+    rng = np.random.default_rng(0)
+    kernel = rng.normal(0, 1, head.kernel.shape)
+    kernel *= 2.0 / max(float(np.std((features - features.mean(0)) @ kernel)), 1e-12)
+    bias = -(features.mean(0) @ kernel)
+    head.set_weights([kernel.astype("float32"), bias.astype("float32")])
+
+
 def run_variant(variant: str, root: Path, args) -> dict:
     import keras
 
@@ -86,6 +100,7 @@ def run_variant(variant: str, root: Path, args) -> dict:
     model = build_alexnet(variant, seed=0, kernel_init="he")
     size = int(model.input_shape[1])
     rng = np.random.default_rng(0)
+    spread_head(model, rng.uniform(0, 255, (8, size, size, 3)).astype("float32"))
     single = rng.uniform(0, 255, (1, size, size, 3)).astype("float32")
     batch = rng.uniform(0, 255, (32, size, size, 3)).astype("float32")
     out: dict = {"image_size": size, "params": int(model.count_params()), "exports": []}

@@ -242,6 +242,10 @@ def test_savedmodel_has_a_serving_default_signature(exported, runs):
     want = runs["original"][1].predict_on_batch(x)
     np.testing.assert_allclose(out.numpy(), want, atol=PARITY_ATOL, rtol=0)
     assert (result.path / "model-card.json").is_file()
+    # Each weight stored once (Keras 3.15's own export stores them twice).
+    data = sum(f.stat().st_size for f in (result.path / "variables").glob("variables.data*"))
+    weight_bytes = 4 * runs["original"][1].count_params()
+    assert weight_bytes <= data < 1.1 * weight_bytes + 4096
 
 
 @pytest.mark.parametrize("fmt", ["tflite", "onnx"])
@@ -394,6 +398,29 @@ def test_cli_exports_and_prints_parity(runs, tmp_path):
     assert plain.exit_code == 0, plain.output
     assert "top-1 agreement 16/16" in plain.stdout
     assert "LRN became:" in plain.stdout
+
+
+def test_cli_exports_stored_weights(runs, tmp_path):
+    from alexkit.cli import app
+
+    run, model = runs["torchvision"]
+    result = CliRunner().invoke(
+        app,
+        ["export", "--weights", str(run / "model.keras"), "--variant", "torchvision"]
+        + ["--format", "savedmodel", "--out", str(tmp_path / "sm"), "--json"],
+    )
+    assert result.exit_code == 0, result.output
+    card = json.loads((tmp_path / "sm" / "model-card.json").read_text())
+    assert card["source"]["kind"] == "weights"
+    assert card["classes"] == ["0", "1", "2"]  # stored weights carry no class names
+    assert card["validation_metrics"] is None
+    x = fresh_images(224, n=2)
+    np.testing.assert_allclose(
+        load_exported(tmp_path / "sm").predict_on_batch(x),
+        model.predict_on_batch(x),
+        atol=PARITY_ATOL,
+        rtol=0,
+    )
 
 
 def test_cli_without_the_extra_names_the_install_command(runs, tmp_path, monkeypatch):

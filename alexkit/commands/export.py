@@ -63,6 +63,7 @@ def export(
         quantize=quantize,
         data=data,
         batch=batch,
+        weights=weights is not None,
         variant=variant,
         progress=say,
     )
