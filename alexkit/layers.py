@@ -290,13 +290,15 @@ class GroupedConv2D(keras.layers.Layer):
         if self._resolved_implementation() == "native" or self.groups == 1:
             outputs = ops.conv(inputs, kernel, strides=self.strides, padding=self.padding)
         else:
-            in_per_group = kernel.shape[2]
-            out_per_group = self.filters // self.groups
-            parts = []
-            for g in range(self.groups):
-                x_g = inputs[..., g * in_per_group : (g + 1) * in_per_group]
-                k_g = kernel[..., g * out_per_group : (g + 1) * out_per_group]
-                parts.append(ops.conv(x_g, k_g, strides=self.strides, padding=self.padding))
+            # split, not slicing: the gradient of a split is one concatenation, while each
+            # slice's gradient writes a zero-filled full-size tensor that then gets summed
+            # (8 % of an `original` training step in bfloat16 on a 2-core EPYC).
+            x_parts = ops.split(inputs, self.groups, axis=-1)
+            k_parts = ops.split(kernel, self.groups, axis=-1)
+            parts = [
+                ops.conv(x_g, k_g, strides=self.strides, padding=self.padding)
+                for x_g, k_g in zip(x_parts, k_parts, strict=True)
+            ]
             outputs = ops.concatenate(parts, axis=-1)
         if self.bias is not None:
             outputs = outputs + ops.cast(self.bias, self.compute_dtype)
@@ -357,10 +359,13 @@ class Preprocess(keras.layers.Layer):
         self.std = [float(s) for s in std]
 
     def call(self, inputs):
-        x = ops.cast(inputs, self.compute_dtype)
-        mean = ops.convert_to_tensor(self.mean, dtype=self.compute_dtype)
-        inv_std = ops.convert_to_tensor([1.0 / s for s in self.std], dtype=self.compute_dtype)
-        return (x - mean) * inv_std
+        # In float32 whatever the policy, one cast at the end: more exact under mixed
+        # precision, and bfloat16 arithmetic broadcasting over 3 channels is slow on CPUs
+        # (3x the float32 time on a 2-core EPYC).
+        x = ops.cast(inputs, "float32")
+        mean = ops.convert_to_tensor(self.mean, dtype="float32")
+        inv_std = ops.convert_to_tensor([1.0 / s for s in self.std], dtype="float32")
+        return ops.cast((x - mean) * inv_std, self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -3,7 +3,11 @@
 Prints one JSON object: img/s for ``alexkit.extract.extract_features`` (both variants)
 and, when torch is importable, for the same job in PyTorch (AlexNet in torchvision's
 layout defined with ``torch.nn`` here — torchvision itself is not a dependency — a PIL
-``Dataset`` and ``DataLoader(num_workers=2)``), with the ratio ours / torch.
+``Dataset`` and ``DataLoader(num_workers=2)``), with the ratio ours / torch. With
+``--precisions float32,bfloat16`` (the default) each side also runs in bfloat16: alexkit
+under Keras' ``mixed_bfloat16`` policy, PyTorch under ``torch.autocast("cpu",
+torch.bfloat16)``; ratios compare the same precision. The JSON names the CPU and whether
+it has AVX512-BF16 and AMX, on which bfloat16's pay-off depends.
 
 Each measurement runs in its own subprocess (TensorFlow and PyTorch never share one),
 after a warm-up pass over one batch, so one-time costs (kernel and thread-pool set-up,
@@ -56,7 +60,13 @@ def make_jpegs(root: Path, n: int, size: tuple[int, int] = (320, 240)) -> None:
         Image.fromarray(img).save(folder / f"img_{i:05d}.jpg", quality=90)
 
 
-def run_alexkit(data: Path, variant: str, batch_size: int, warmup: Path) -> dict:
+def run_alexkit(
+    data: Path, variant: str, batch_size: int, warmup: Path, precision: str = "float32"
+) -> dict:
+    import keras
+
+    if precision == "bfloat16":
+        keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
     from alexkit.data import load_spec
     from alexkit.extract import extract_features
     from alexkit.model import build_alexnet
@@ -72,7 +82,7 @@ def run_alexkit(data: Path, variant: str, batch_size: int, warmup: Path) -> dict
     return {"images": result.rows, "seconds": round(seconds, 3), "img_per_s": result.rows / seconds}
 
 
-def run_torch(data: Path, batch_size: int, warmup: Path) -> dict:
+def run_torch(data: Path, batch_size: int, warmup: Path, precision: str = "float32") -> dict:
     import torch
     from PIL import Image
     from torch import nn
@@ -123,12 +133,14 @@ def run_torch(data: Path, batch_size: int, warmup: Path) -> dict:
     from alexkit.extract import CSVWriter
 
     model = AlexNet().eval()
+    bf16 = precision == "bfloat16"
 
     def job(root: Path, out: Path) -> int:
         loader = DataLoader(Folder(root), batch_size=batch_size, num_workers=2)
-        with CSVWriter(out) as writer, torch.inference_mode():
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+        with CSVWriter(out) as writer, torch.inference_mode(), autocast:
             for x, paths in loader:
-                feats = model.fc7(x).numpy()
+                feats = model.fc7(x).float().numpy()
                 writer.write(list(paths), [Path(p).parent.name for p in paths], feats)
         return writer.rows
 
@@ -148,10 +160,12 @@ def run_torch(data: Path, batch_size: int, warmup: Path) -> dict:
 
 def _child(args: argparse.Namespace) -> None:
     data, warmup = Path(args.data), Path(args.warmup)
-    if args.child == "torch":
-        result = run_torch(data, args.batch_size, warmup)
+    name, _, precision = args.child.partition(":")
+    precision = precision or "float32"
+    if name == "torch":
+        result = run_torch(data, args.batch_size, warmup, precision)
     else:
-        result = run_alexkit(data, args.child, args.batch_size, warmup)
+        result = run_alexkit(data, name, args.batch_size, warmup, precision)
     print(json.dumps(result))
 
 
@@ -170,6 +184,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=512, help="images in the timed run")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--variants", default="original,torchvision")
+    parser.add_argument("--precisions", default="float32,bfloat16")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--warmup", help=argparse.SUPPRESS)
@@ -190,24 +205,38 @@ def main() -> None:
         # A full batch, so the timed run reuses the traced batch shape (a partial
         # warm-up batch left a retrace of the 61M-parameter model inside the timing).
         make_jpegs(warmup, args.batch_size)
-        ours = {v: _spawn(args, v, data, warmup) for v in args.variants.split(",")}
-        torch_result = _spawn(args, "torch", data, warmup) if has_torch else None
+        precisions = args.precisions.split(",")
+        # Keys: "original" (float32, as before) and "original:bfloat16".
+        variants = args.variants.split(",")
+        names = [v if p == "float32" else f"{v}:{p}" for p in precisions for v in variants]
+        ours = {name: _spawn(args, name, data, warmup) for name in names}
+        torch_results = {}
+        if has_torch:
+            for p in precisions:
+                name = "torch" if p == "float32" else f"torch:{p}"
+                torch_results[p] = _spawn(args, name, data, warmup)
+    from alexkit.precision import read_cpu_info
+
+    torch_result = torch_results.get("float32")
     report = {
         "task": "JPEG folder (320x240) -> fc7 features -> CSV, end to end",
         "n": args.n,
         "batch_size": args.batch_size,
         "cpus": os.cpu_count(),
+        "cpu": read_cpu_info().as_dict(),
         "load_average_1m": round(os.getloadavg()[0], 2),
         "alexkit": ours,
         "torch": torch_result,
+        "torch_bf16": torch_results.get("bfloat16"),
         "torch_note": TORCH_NOTE if has_torch else "torch not importable: no baseline",
     }
-    if torch_result and "img_per_s" in torch_result:
-        report["ratio_vs_torch"] = {
-            v: round(r["img_per_s"] / torch_result["img_per_s"], 3)
-            for v, r in ours.items()
-            if "img_per_s" in r
-        }
+    ratios = {}
+    for name, r in ours.items():
+        ref = torch_results.get(name.partition(":")[2] or "float32")
+        if ref and "img_per_s" in ref and "img_per_s" in r:
+            ratios[name] = round(r["img_per_s"] / ref["img_per_s"], 3)
+    if ratios:
+        report["ratio_vs_torch"] = ratios  # same precision on both sides
     report["noise"] = "one run; other processes share the CPUs (see load_average_1m)"
     print(json.dumps(report, indent=2))
 

@@ -47,7 +47,7 @@ def old_lrn(x, radius: int = 2, bias: float = 2.0, alpha: float = 1e-4):
     return ops.cast(xf * (root * ops.sqrt(root)), x.dtype)
 
 
-def time_fwd_bwd(fn, shape: tuple[int, ...], dtype: str, reps: int) -> dict:
+def time_fwd_bwd(fn, shape: tuple[int, ...], dtype: str, reps: int, xla: bool = False) -> dict:
     """Min/median ms of forward + backward of ``fn`` on a random NHWC tensor."""
     import tensorflow as tf
 
@@ -56,7 +56,7 @@ def time_fwd_bwd(fn, shape: tuple[int, ...], dtype: str, reps: int) -> dict:
     x = tf.cast(tf.constant(rng.uniform(0, 60, shape).astype("float32")), dtype)
     w = tf.cast(tf.constant(rng.standard_normal(shape).astype("float32")), dtype)
 
-    @tf.function
+    @tf.function(jit_compile=xla)
     def step(x):
         with tf.GradientTape() as tape:
             tape.watch(x)
@@ -80,6 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shapes", default="64x55x55x96,64x27x27x256")
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--reps", type=int, default=7, help="timed runs per row")
+    parser.add_argument(
+        "--xla",
+        choices=["off", "on", "both"],
+        default="off",
+        help="also/only time under XLA (jit_compile=True), which fuses the elementwise ops",
+    )
     args = parser.parse_args(argv)
 
     import keras
@@ -89,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     from alexkit.precision import read_cpu_info
 
     rows = []
+    xla_modes = {"off": [False], "on": [True], "both": [False, True]}[args.xla]
     for text in args.shapes.split(","):
         shape = tuple(int(v) for v in text.lower().split("x"))
         for dtype in args.dtypes.split(","):
@@ -97,19 +104,21 @@ def main(argv: list[str] | None = None) -> int:
             policy = "mixed_bfloat16" if dtype == "bfloat16" else "float32"
             layer = LocalResponseNormalization(dtype=policy)
             layer.build(shape)
-            old = time_fwd_bwd(old_lrn, shape, dtype, args.reps)
-            new = time_fwd_bwd(layer, shape, dtype, args.reps)
-            rows.append(
-                {
-                    "shape": "x".join(map(str, shape)),
-                    "dtype": dtype,
-                    "old": old,
-                    "new": new,
-                    "speedup_min": round(old["ms_min"] / new["ms_min"], 2),
-                    "speedup_median": round(old["ms_median"] / new["ms_median"], 2),
-                }
-            )
-            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+            for xla in xla_modes:
+                old = time_fwd_bwd(old_lrn, shape, dtype, args.reps, xla)
+                new = time_fwd_bwd(layer, shape, dtype, args.reps, xla)
+                rows.append(
+                    {
+                        "shape": "x".join(map(str, shape)),
+                        "dtype": dtype,
+                        "xla": xla,
+                        "old": old,
+                        "new": new,
+                        "speedup_min": round(old["ms_min"] / new["ms_min"], 2),
+                        "speedup_median": round(old["ms_median"] / new["ms_median"], 2),
+                    }
+                )
+                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     report = {
         "benchmark": "lrn_forward_backward",
         "cpu": read_cpu_info().as_dict(),

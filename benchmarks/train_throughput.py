@@ -7,7 +7,11 @@ cross-entropy, 1000 classes) on synthetic batches with ``model.train_on_batch``,
 is importable it times the same training step of torchvision's AlexNet defined with
 ``torch.nn`` here (torchvision is not a dependency and must not be installed: it could
 replace torch), SGD momentum 0.9 / weight decay 5e-4, same batch, ``torch.set_num_threads``
-= the CPU count, and reports ``ratio_vs_torch`` = ours / torch (fp32).
+= the CPU count, in float32 and in bfloat16 autocast (``torch.autocast("cpu",
+torch.bfloat16)`` around forward and loss, PyTorch's recommended mixed precision on CPUs),
+and reports ``ratio_vs_torch`` = ours / torch at the same precision (bfloat16 rows also
+``ratio_vs_torch_fp32``). The JSON names the CPU and whether it has AVX512-BF16 and AMX:
+bfloat16 speed-ups depend on them (AMX multiplies bf16 ~4x faster than AVX512-BF16).
 
 ``fraction_of_peak`` = achieved FLOP/s / ``--peak-gflops`` (default 210: the 2-core
 fp32 matmul peak of the development machine; a 4096² torch fp32 matmul reaches 207
@@ -148,6 +152,7 @@ def run_torch(cfg: dict) -> dict:
     device = cfg.get("torch_device", "cpu")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    bf16 = cfg["precision"] == "bfloat16"
     torch.manual_seed(0)
     model = nn.Sequential(
         nn.Conv2d(3, 64, 11, stride=4, padding=2),
@@ -182,7 +187,8 @@ def run_torch(cfg: dict) -> dict:
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
+        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
+            loss = loss_fn(model(x), y)
         loss.backward()
         optimizer.step()
         if device == "cuda":
@@ -280,19 +286,22 @@ def main(argv: list[str] | None = None) -> int:
 
     common = {"batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup}
     rows = []
-    torch_cfg = None
-    torch_results = []
+    precisions = expand(args.precision, ["float32", "bfloat16"])
+    torch_cfgs: dict[str, dict] = {}
     if not args.no_torch:
         try:
             import torch  # noqa: F401
 
-            torch_cfg = dict(common, kind="torch", variant="torchvision", precision="float32")
-            torch_cfg.update(xla=False, threads=args.threads, torch_device=args.torch_device)
+            for precision in precisions:
+                cfg = dict(common, kind="torch", variant="torchvision", precision=precision)
+                cfg.update(xla=False, threads=args.threads, torch_device=args.torch_device)
+                torch_cfgs[precision] = cfg
         except ImportError:
-            torch_cfg = None
+            torch_cfgs = {}
+    torch_results: dict[str, list[dict]] = {p: [] for p in torch_cfgs}
     keras_cfgs = []
     for variant in expand(args.variant, ["original", "torchvision"]):
-        for precision in expand(args.precision, ["float32", "bfloat16"]):
+        for precision in precisions:
             for xla in expand(args.xla, ["off", "on"]):
                 cfg = dict(common, kind="keras", variant=variant, precision=precision)
                 cfg["xla"] = xla == "on"
@@ -301,28 +310,44 @@ def main(argv: list[str] | None = None) -> int:
     # Keras rows and once after the last, and each row pools its steps over rounds, so
     # a ratio does not hinge on when one run happened to land.
     keras_results: list[list[dict]] = [[] for _ in keras_cfgs]
+
+    def run_torch_round() -> None:
+        for precision, cfg in torch_cfgs.items():
+            torch_results[precision].append(_run_child(cfg, args.timeout))
+
     for _ in range(args.repeats):
-        if torch_cfg:
-            torch_results.append(_run_child(torch_cfg, args.timeout))
+        run_torch_round()
         for i, cfg in enumerate(keras_cfgs):
             keras_results[i].append(_run_child(cfg, args.timeout))
-    torch_row = None
-    if torch_cfg:
-        torch_results.append(_run_child(torch_cfg, args.timeout))
-        torch_row = _summarise(torch_cfg, _pool(torch_results), args.peak_gflops)
-        torch_row["note"] = (
-            "torchvision layout defined with torch.nn; eager fp32 (no TF32); steps "
-            f"pooled from {len(torch_results)} runs around the Keras rows"
-        )
+    torch_rows: dict[str, dict] = {}
+    if torch_cfgs:
+        run_torch_round()
+        for precision, cfg in torch_cfgs.items():
+            row = _summarise(cfg, _pool(torch_results[precision]), args.peak_gflops)
+            mode = "bfloat16 autocast" if precision == "bfloat16" else "fp32 (no TF32)"
+            row["note"] = (
+                f"torchvision layout defined with torch.nn; eager {mode}; steps pooled "
+                f"from {len(torch_results[precision])} runs around the Keras rows"
+            )
+            torch_rows[precision] = row
+
+    def ratio(row: dict, ref: dict | None, key: str) -> float | None:
+        if not ref or key not in row or key not in ref:
+            return None
+        return round(row[key] / ref[key], 3)
+
     for cfg, results in zip(keras_cfgs, keras_results, strict=True):
         row = _summarise(cfg, _pool(results), args.peak_gflops)
-        if torch_row and "img_per_s" in row and "img_per_s" in torch_row:
-            row["ratio_vs_torch"] = round(row["img_per_s"] / torch_row["img_per_s"], 3)
-            row["ratio_vs_torch_best"] = round(
-                row["img_per_s_best"] / torch_row["img_per_s_best"], 3
-            )
+        same = torch_rows.get(cfg["precision"])
+        if ratio(row, same, "img_per_s") is not None:
+            row["ratio_vs_torch"] = ratio(row, same, "img_per_s")
+            row["ratio_vs_torch_best"] = ratio(row, same, "img_per_s_best")
+        if cfg["precision"] != "float32" and ratio(row, torch_rows.get("float32"), "img_per_s"):
+            row["ratio_vs_torch_fp32"] = ratio(row, torch_rows["float32"], "img_per_s")
         rows.append(row)
     from importlib.metadata import version
+
+    from alexkit.precision import read_cpu_info
 
     report = {
         "benchmark": "train_throughput",
@@ -332,11 +357,18 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
             "keras": version("keras"),
             "backend": os.environ.get("KERAS_BACKEND", "tensorflow"),
+            "cpu": read_cpu_info().as_dict(),
+            "load_average_1m": round(os.getloadavg()[0], 2),
         },
         "forward_gmacs": {v: round(forward_macs(v) / 1e9, 4) for v in LAYERS},
         "peak_gflops": args.peak_gflops,
-        "goals": {"original_vs_torch": 1.0, "torchvision_vs_torch": 1.2},
-        "torch": torch_row,
+        "goals": {
+            "original_vs_torch": 1.0,
+            "torchvision_vs_torch": 1.2,
+            "original_bf16_vs_torch_bf16": 1.3,
+        },
+        "torch": torch_rows.get("float32"),
+        "torch_bf16": torch_rows.get("bfloat16"),
         "keras": rows,
         "note": "shared machine: timings are noisy; median of the timed steps per row",
     }
