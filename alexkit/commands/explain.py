@@ -12,7 +12,9 @@ from alexkit.commands._common import guarded, out_console, print_json
 @guarded
 def explain(
     sources: list[str] | None = typer.Argument(
-        None, help="MODEL (run directory or .keras file), then image files/folders."
+        None,
+        metavar="MODEL|IMAGE",
+        help="MODEL (run directory or .keras file), then image files/folders.",
     ),
     weights: str | None = typer.Option(
         None, "--weights", "-w", help="Stored weights instead of MODEL, e.g. imagenet."
@@ -51,13 +53,14 @@ def explain(
     force: bool = typer.Option(False, "--force", help="Replace the outputs in a non-empty --out."),
     json_output: bool = typer.Option(False, "--json", help="Print a JSON summary only."),
 ) -> None:
-    """Heat maps of what drove each prediction: one overlay PNG per image + explain.csv.
+    """Heat maps of what drove each prediction: an overlay PNG per image.
 
-    Grad-CAM(++) weighs a conv layer's maps by the gradient of the class logit (conv5:
-    a coarse 13×13 grid); occlusion measures the probability drop when a patch hides
-    each region. explain.csv lists each image's prediction, the map's peak (row, col)
-    and the share of heat in the central half of the image (low: borders/corners —
-    look for shortcuts). Clips and volumes give one overlay per frame/slice.
+    Grad-CAM(++) weighs a conv layer's maps by the gradient of the class
+    logit (conv5: a coarse 13×13 grid); occlusion measures the drop in
+    probability when a patch hides each region. explain.csv lists each
+    image's prediction, the map's peak (row, col) and the share of heat in
+    the central half of the image (low: borders, corners: look for
+    shortcuts). Clips and volumes give one overlay per frame or slice.
     Example: [bold]alexkit explain runs/xray --data chest_xray/test --out cams/[/]
     """
     from alexkit.commands.evaluate import _warn_skipped, progress_bar
