@@ -46,17 +46,21 @@ def check(
     """Count classes and splits, list unreadable files and cross-split duplicates.
 
     Every image is read once (JPEGs decoded at 1/8 scale, which still parses all data).
-    Clips, DICOM and NIfTI volumes count their sampled frames/slices; broken ones are
-    listed as unreadable with the reason.
+    Clips, DICOM and NIfTI volumes count their sampled frames/slices, and beside them
+    the clips, volumes and patients they come from; broken ones are listed as unreadable
+    with the reason. Warnings of the reading libraries are counted in one line
+    (--verbose shows them).
     The --json output is stable for scripts: 'classes' (name → readable images),
     'unreadable' (list of {path, reason}), 'splits', 'counts' (split → class → n),
-    'sizes', 'duplicates_across_splits', 'imbalance', 'warnings'.
+    'groups' (clips/volumes/patients: counts, splits, classes, total), 'sizes',
+    'duplicates_across_splits', 'imbalance', 'library_warnings', 'warnings'.
 
     Example: alexkit data check chest_xray/ --json
     """
-    from alexkit import data
+    from alexkit import data, quiet
     from alexkit.errors import DataError
 
+    quiet.tally(reset=True)  # count library warnings of this check only (headers included)
     options = None
     if frames_per_clip is not None:
         from alexkit.media import MediaOptions
@@ -84,17 +88,35 @@ def _render(report) -> None:
 
     out = out_console()
     splits = list(report.counts)
-    table = Table(title=f"{report.source} ({report.layout})")
+    groups = report.groups  # {kind: {counts, splits, classes, total}}, kinds the data has
+    caption = None
+    if groups:  # e.g. "24 (3 clips)": frames with the clips they come from
+        caption = "frames/slices (" + ", ".join(groups) + " they come from)"
+    table = Table(title=f"{report.source} ({report.layout})", caption=caption)
     table.add_column("class")
     for s in splits:
         table.add_column(s, justify="right")
     table.add_column("total", justify="right")
+
+    def cell(n: int, *path: str) -> str:
+        """``n`` and, per group kind, the entry at ``path`` (e.g. "counts", split, class)."""
+        extra = []
+        for kind, entry in groups.items():
+            for key in path:
+                entry = entry[key]
+            extra.append(f"{entry} {kind}")
+        return f"{n} ({', '.join(extra)})" if extra else str(n)
+
     for name, total in report.classes.items():
-        table.add_row(name, *[str(report.counts[s][name]) for s in splits], str(total))
+        table.add_row(
+            name,
+            *[cell(report.counts[s][name], "counts", s, name) for s in splits],
+            cell(total, "classes", name),
+        )
     table.add_row(
         "[bold]all[/]",
-        *[str(sum(report.counts[s].values())) for s in splits],
-        f"[bold]{report.readable}[/]",
+        *[cell(sum(report.counts[s].values()), "splits", s) for s in splits],
+        f"[bold]{cell(report.readable, 'total')}[/]",
     )
     out.print(table)
     sizes = report.sizes

@@ -18,11 +18,13 @@ from typing import Any
 
 import numpy as np
 
+from alexkit import quiet
 from alexkit.data import decode as _decode
 from alexkit.data.layouts import UNREADABLE_MEDIA
 from alexkit.data.sources import record_features
 from alexkit.data.spec import MIN_VAL_PER_CLASS, DatasetSpec, quote_names
-from alexkit.errors import one_line
+from alexkit.errors import UnreadableImage, one_line
+from alexkit.quiet import quiet_read
 
 
 @dataclass
@@ -41,6 +43,8 @@ class ScanReport:
     duplicates_within_splits: int
     warnings: list[str] = field(default_factory=list)
     imbalance: dict[str, Any] = field(default_factory=dict)
+    groups: dict[str, dict[str, Any]] = field(default_factory=dict)
+    library_warnings: dict[str, int] = field(default_factory=lambda: {"files": 0, "messages": 0})
 
     @property
     def classes(self) -> dict[str, int]:
@@ -69,7 +73,14 @@ class ScanReport:
         ``formats`` {JPEG/PNG/...: n}; ``duplicates_across_splits`` [[{path, split}]]
         (byte-identical files in more than one split: leakage);
         ``duplicates_within_splits`` n; ``imbalance`` {ratio, largest, smallest,
-        warning} on the train (or unsplit) counts; ``warnings`` [one-line strings].
+        warning} on the train (or unsplit) counts; ``warnings`` [one-line strings];
+        ``groups`` {kind: {counts: {split: {class: n}}, splits: {split: n}, classes:
+        {class: n}, total: n}} with kind "clips" (video files), "volumes" (NIfTI files,
+        DICOM series folders), "patients" (DICOM PatientID groups) or "groups" (a
+        manifest's group column): distinct groups among readable items, present only for
+        kinds the data has (counts only: group ids never appear; a group with items of
+        two classes counts once in each class, once in the totals); ``library_warnings``
+        {files, messages}: files read despite third-party warnings (``--verbose`` logs them).
         """
         return {
             "schema": "alexkit.data-check/1",
@@ -94,6 +105,8 @@ class ScanReport:
             "duplicates_within_splits": self.duplicates_within_splits,
             "imbalance": self.imbalance,
             "warnings": self.warnings,
+            "groups": self.groups,
+            "library_warnings": self.library_warnings,
         }
 
 
@@ -118,16 +131,22 @@ def _verify(item: str, limit: int) -> tuple[str, int, int, str, str]:
         return info.format, 0, 0, "", f"cannot read file ({exc.strerror})"
     digest = hashlib.sha1(data).hexdigest()
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            if info.format == "JPEG":
-                # 1/8-scale decode still parses every entropy-coded byte: truncation and
-                # corrupt data are found at a fraction of the cost.
-                img.draft("RGB", (max(1, img.width // 8), max(1, img.height // 8)))
-            img.load()
-    except Exception as exc:  # Pillow raises OSError/ValueError/SyntaxError/...
-        text = one_line(exc, limit=120)
-        kind = "truncated image" if "truncated" in text.lower() else f"corrupt {info.format}"
-        return info.format, info.width, info.height, digest, f"{kind} ({text})"
+        # Pillow's warnings become the failure's reason, or a counted report line.
+        with quiet_read(item):
+            try:
+                with Image.open(io.BytesIO(data)) as img:
+                    if info.format == "JPEG":
+                        # 1/8-scale decode still parses every entropy-coded byte: truncation
+                        # and corrupt data are found at a fraction of the cost.
+                        img.draft("RGB", (max(1, img.width // 8), max(1, img.height // 8)))
+                    img.load()
+            except Exception as exc:  # Pillow raises OSError/ValueError/SyntaxError/...
+                text = one_line(exc, limit=120)
+                truncated = "truncated" in text.lower()
+                kind = "truncated image" if truncated else f"corrupt {info.format}"
+                raise UnreadableImage(f"{kind} ({text})", item) from None
+    except UnreadableImage as exc:
+        return info.format, info.width, info.height, digest, exc.reason
     return info.format, info.width, info.height, digest, ""
 
 
@@ -136,13 +155,21 @@ def scan(
 ) -> ScanReport:
     """Read every image once: counts, sizes, unreadable files, duplicates, imbalance.
 
+    Third-party warnings raised while reading (pydicom, Pillow, PyAV, nibabel) are not
+    printed: a failed read carries the first in its reason, and files read despite them
+    are counted (``library_warnings`` and one warning line). The count covers every
+    read since the last ``alexkit.quiet.tally(reset=True)`` — call it before
+    :func:`load_spec` to include the header reads of DICOM files; the scan resets it.
+
     Args:
         spec: from :func:`load_spec` (files or TFRecord shards).
         workers: decoding threads (Pillow releases the GIL); default 2 × CPUs.
         imbalance_ratio: warn when the largest class is this many times the smallest.
     """
     if spec.is_tfrecord:
-        return _scan_tfrecords(spec, imbalance_ratio)
+        report = _scan_tfrecords(spec, imbalance_ratio)
+        _add_library_warnings(report)
+        return report
     limit = _decode.max_pixels()
     workers = workers or max(2, 2 * (os.cpu_count() or 1))
     with ThreadPoolExecutor(workers) as pool:
@@ -154,14 +181,18 @@ def scan(
     broken_media = [(p, r) for p, r in spec.ignored if r.startswith(UNREADABLE_MEDIA)]
     unreadable, widths, heights, formats = list(broken_media), [], [], Counter()
     by_hash: dict[str, list[tuple[str, str]]] = defaultdict(list)
-    for item, label, split, (fmt, w, h, digest, reason) in zip(
-        spec.items, spec.labels, spec.splits, results, strict=True
+    members: dict[tuple[str, str, str], set[str]] = defaultdict(set)  # (kind, split, class)
+    for item, label, split, group, (fmt, w, h, digest, reason) in zip(
+        spec.items, spec.labels, spec.splits, spec.groups, results, strict=True
     ):
         if reason:
             unreadable.append((item, reason))
             continue
         if label >= 0:
-            counts[split or "all"][spec.class_names[label]] += 1
+            name = spec.class_names[label]
+            counts[split or "all"][name] += 1
+            for kind, key in _group_keys(item, group):
+                members[kind, split or "all", name].add(key)
         widths.append(w)
         heights.append(h)
         formats[fmt] += 1
@@ -186,9 +217,77 @@ def scan(
         formats=dict(formats),
         duplicates_across_splits=across,
         duplicates_within_splits=within,
+        groups=_group_counts(members, counts),
     )
     _add_warnings(report, imbalance_ratio)
+    _add_library_warnings(report)
     return report
+
+
+GROUP_KINDS = ("clips", "volumes", "patients", "groups")
+
+
+def _group_keys(item: str, group: str) -> list[tuple[str, str]]:
+    """(kind, key) pairs an item belongs to; keys stay in memory, only counts are reported."""
+    source, member = _decode.split_item(item)
+    fields = {part.split("=", 1)[0] for part in member.split(",")} if member else set()
+    keys = []
+    if "t" in fields:  # a video frame: frame=i,t=s
+        keys.append(("clips", source))
+    elif "slice" in fields:  # a NIfTI volume or a DICOM series folder
+        keys.append(("volumes", source))
+    if group.startswith("patient:"):
+        keys.append(("patients", group))
+    elif group and not group.startswith(("clip:", "volume:", "file:")):
+        keys.append(("groups", group))  # a manifest's own group column
+    return keys
+
+
+def _group_counts(
+    members: dict[tuple[str, str, str], set[str]], counts: dict[str, dict[str, int]]
+) -> dict[str, dict[str, Any]]:
+    """Distinct groups of each kind present: per split and class, per split, per class, all.
+
+    A group with items of two classes counts once in each class but once in the totals.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for kind in GROUP_KINDS:
+        cells = {(s, c): keys for (k, s, c), keys in members.items() if k == kind}
+        if not cells:
+            continue
+        empty: set[str] = set()
+        names = [c for per_class in counts.values() for c in per_class]
+        names = list(dict.fromkeys(names))
+        out[kind] = {
+            "counts": {
+                split: {c: len(cells.get((split, c), empty)) for c in per_class}
+                for split, per_class in counts.items()
+            },
+            "splits": {
+                split: len(set().union(*(cells.get((split, c), empty) for c in per_class)))
+                for split, per_class in counts.items()
+            },
+            "classes": {
+                c: len(set().union(*(cells.get((s, c), empty) for s in counts))) for c in names
+            },
+            "total": len(set().union(*cells.values())),
+        }
+    return out
+
+
+def _add_library_warnings(report: ScanReport) -> None:
+    """Count files read despite library warnings; unreadable ones are listed already (their
+    reason carries the first warning), even when their header read succeeded earlier."""
+    files, extra = quiet.tally(reset=True)
+    failed = {_decode.split_item(p)[0] for p, _ in report.unreadable}
+    files = {p: n for p, n in files.items() if p not in failed}
+    count, messages = len(files) + extra, sum(files.values())
+    report.library_warnings = {"files": count, "messages": messages}
+    if count:
+        report.warnings.append(
+            f"{count} file(s) were read despite library warnings ({messages} message(s)"
+            f"{' in the first 10,000 files' if extra else ''}); --verbose shows them."
+        )
 
 
 def _size_stats(widths: list[int], heights: list[int]) -> dict[str, Any]:
@@ -272,7 +371,7 @@ def _scan_tfrecords(spec: DatasetSpec, ratio_limit: float) -> ScanReport:
                 data = ex["image/encoded"].numpy()
                 label = int(ex["image/class/label"].numpy()) - 1
                 try:
-                    arr = _decode.decode_bytes(data)
+                    arr = _decode.decode_bytes(data, name=f"{shard}:{name}")
                 except _decode.UnreadableImage as exc:
                     unreadable.append((f"{shard}:{name}", exc.reason))
                     continue

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from alexkit.errors import DataError, MissingExtraError, UnreadableImage, one_line
+from alexkit.quiet import quiet_read
 
 # Pillow's own default: 89.5 Mpx (~ a 1024 MiB RGBA image). Override with $ALEXKIT_MAX_PIXELS.
 DEFAULT_MAX_PIXELS = 89_478_485
@@ -209,10 +210,15 @@ def _sniff_pillow(fh, fmt: str) -> Sniff:
 
     fh.seek(0)
     try:
-        with Image.open(fh) as img:
-            width, height = img.size
-    except Exception as exc:  # Pillow raises many kinds for bad headers
-        return Sniff(ROUTE_SKIP, fmt, reason=f"corrupt {fmt} header ({one_line(exc, limit=120)})")
+        with quiet_read(str(getattr(fh, "name", ""))):
+            try:
+                with Image.open(fh) as img:
+                    width, height = img.size
+            except Exception as exc:  # Pillow raises many kinds for bad headers
+                text = one_line(exc, limit=120)
+                raise UnreadableImage(f"corrupt {fmt} header ({text})") from None
+    except UnreadableImage as exc:  # the reason now carries Pillow's first warning too
+        return Sniff(ROUTE_SKIP, fmt, reason=exc.reason)
     return Sniff(ROUTE_PILLOW, fmt, width, height)
 
 
@@ -350,24 +356,28 @@ def decode_image(
         return _decode_png16(item)
     from PIL import Image, ImageOps
 
-    try:
-        with Image.open(item) as img:
-            img.load()  # first frame only for GIF/APNG/multi-page TIFF
-            img = ImageOps.exif_transpose(img) if info.format in ("JPEG", "WEBP", "TIFF") else img
-            return to_rgb(img)
-    except Image.DecompressionBombError as exc:
-        raise UnreadableImage(f"too large ({one_line(exc, limit=120)})", item) from None
-    except (OSError, ValueError, SyntaxError, struct.error, IndexError) as exc:
-        text = one_line(exc, limit=120)
-        reason = "truncated image" if "truncated" in text.lower() else f"corrupt {info.format}"
-        raise UnreadableImage(f"{reason} ({text})", item) from None
+    # Pillow's warnings (e.g. DecompressionBombWarning, EXIF trouble) become the file's
+    # reason or a counted line in a report, not stderr noise.
+    with quiet_read(item):
+        try:
+            with Image.open(item) as img:
+                img.load()  # first frame only for GIF/APNG/multi-page TIFF
+                if info.format in ("JPEG", "WEBP", "TIFF"):
+                    img = ImageOps.exif_transpose(img)
+                return to_rgb(img)
+        except Image.DecompressionBombError as exc:
+            raise UnreadableImage(f"too large ({one_line(exc, limit=120)})", item) from None
+        except (OSError, ValueError, SyntaxError, struct.error, IndexError) as exc:
+            text = one_line(exc, limit=120)
+            reason = "truncated image" if "truncated" in text.lower() else f"corrupt {info.format}"
+            raise UnreadableImage(f"{reason} ({text})", item) from None
 
 
 def _decode_png16(path: str) -> np.ndarray:
     """16-bit PNG: Pillow keeps only gray at 16 bits, so read the samples with zlib here."""
     from PIL import Image
 
-    with Image.open(path) as img:
+    with quiet_read(path), Image.open(path) as img:
         mode = img.mode
         if mode.startswith("I"):  # 16-bit gray: Pillow gives the full samples
             img.load()
@@ -403,15 +413,21 @@ def _decode_media(item: str, options: object = None) -> np.ndarray:
     return arr.astype(np.uint8, copy=False)
 
 
-def decode_bytes(data: bytes) -> np.ndarray:
-    """Decode in-memory image bytes with Pillow (used for TFRecord checks); RGB uint8."""
+def decode_bytes(data: bytes, name: str = "<image bytes>") -> np.ndarray:
+    """Decode in-memory image bytes with Pillow (used for TFRecord checks); RGB uint8.
+
+    Args:
+        data: the encoded image.
+        name: what to call it in captured library warnings (e.g. ``shard:filename``).
+    """
     from PIL import Image
 
     if not data:
         raise UnreadableImage("empty image bytes")
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            return to_rgb(img)
-    except (OSError, ValueError, SyntaxError, struct.error, IndexError) as exc:
-        raise UnreadableImage(f"corrupt image bytes ({one_line(exc, limit=120)})") from None
+    with quiet_read(name):
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                img.load()
+                return to_rgb(img)
+        except (OSError, ValueError, SyntaxError, struct.error, IndexError) as exc:
+            raise UnreadableImage(f"corrupt image bytes ({one_line(exc, limit=120)})") from None
