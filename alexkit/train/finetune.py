@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from alexkit.train.plan import (
     preprocessing,
     stages_from_recipe,
 )
+from alexkit.weights import resolve_weights
 
 
 def finetune(
@@ -91,21 +93,11 @@ def finetune(
     """
     t0 = time.perf_counter()
     out_path = resolve_out(out, "finetune")
-    args = merge_saved_args(
-        out_path,
-        resume,
-        {
-            "recipe": _recipe_arg(recipe),
-            "data": None if data is None else str(Path(data).resolve()),
-            "val": None if val is None else str(Path(val).resolve()),
-            "weights": weights,
-            "epochs": epochs,
-            "batch_size": batch_size,
-            "lr": lr,
-            "seed": seed,
-            "steps_per_epoch": steps_per_epoch,
-        },
-    )
+    given = dict(
+        recipe=_recipe_arg(recipe), data=_absolute(data), val=_absolute(val), weights=weights,
+        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, steps_per_epoch=steps_per_epoch,
+    )  # fmt: skip
+    args = merge_saved_args(out_path, resume, given)
     # On resume, --recipe/--data/--val may be left out: the run's own are used.
     if recipe is None or isinstance(recipe, (str, Path)):
         recipe = args["recipe"]
@@ -117,8 +109,6 @@ def finetune(
     if not resume and weights != "none":
         # Fail before touching --out when the weights are missing (the message lists
         # the three ways to get them).
-        from alexkit.weights import resolve_weights
-
         resolve_weights(weights, _weights_variant(weights, rec.variant))
     run = RunDir.prepare(out_path, resume=resume, force=force)
     seed_everything(seed)
@@ -142,36 +132,26 @@ def finetune(
         check_resume_config(run, config)
     else:
         run.write_config(config)
-
-    def build_model() -> Any:
-        # On resume every variable comes from the checkpoint: build the architecture only.
-        return _finetune_model(
-            weights, variant, len(class_names), rec, seed, load_weights=not resume
-        )
-
+    # On resume every variable comes from the checkpoint: build the architecture only.
+    build_model = functools.partial(
+        _finetune_model, weights, variant, len(class_names), rec, seed, load_weights=not resume
+    )
     make_train, make_val, make_eval = make_dataset_fns(plan, seed)
     engine = Engine(
-        run=run,
-        build_model=build_model,
-        stages=stages,
-        data=plan,
-        make_train=make_train,
-        make_val=make_val,
-        monitor=monitor,
-        metrics=wanted,
-        class_weight=weight_of_class,
-        seed=seed,
-        steps_per_epoch=args["steps_per_epoch"],
-        checkpoint_every=checkpoint_every,
-        jit=jit,
-        progress=progress,
-        resume=resume,
-    )
+        run=run, build_model=build_model, stages=stages, data=plan, make_train=make_train,
+        make_val=make_val, monitor=monitor, metrics=wanted, class_weight=weight_of_class,
+        seed=seed, steps_per_epoch=args["steps_per_epoch"], checkpoint_every=checkpoint_every,
+        jit=jit, progress=progress, resume=resume,
+    )  # fmt: skip
     state = engine.run_all()
     # End of run: the best model evaluated on the validation data (metrics.json).
     metrics = final_metrics(run, engine, state, make_eval=make_eval)
     emit(progress, "done", run_dir=str(run.path))
     return run_result(run, engine, state, resumed=resume, t0=t0, metrics=metrics)
+
+
+def _absolute(path: str | Path | None) -> str | None:
+    return None if path is None else str(Path(path).resolve())
 
 
 def _recipe_arg(recipe: Any) -> str | None:
