@@ -1,9 +1,17 @@
 """Leakage guard: were any evaluation images (byte for byte) or groups seen in training?
 
 A run records ``data-hashes.json`` (:func:`record_hashes` + :func:`save_hashes`): the
-SHA-256 of every training and validation item's file bytes and the group ids (patient,
+SHA-256 of every training and validation item's file bytes and the groups (patient,
 clip, series) of each split. ``evaluate`` hashes the evaluated items the same way and
 :func:`check_leakage` counts the overlaps.
+
+Groups are never stored in clear: a group id can be a path (``clip:/data/...``) or a
+patient's keyed hash (``patient:<hmac>``), and a file that lists them would link a run to
+other outputs. Each document holds a random ``group_key`` (a per-run nonce) and stores
+``HMAC-SHA256(group_key, group)``; the check keys the evaluated groups with the same
+nonce, so shared groups are still found, while the stored values differ from run to run
+and say nothing to a reader who does not already hold the group ids. (Documents of
+format ``alexkit-data-hashes/1`` stored groups in clear; they are still read.)
 
 An item's hash is the SHA-256 of its file's bytes; a frame/slice item ``path#member`` of
 a clip, DICOM file or volume hashes ``<file digest>#<member>``, so the same frame of the
@@ -15,8 +23,10 @@ copies are not (that needs perceptual hashing, which this does not claim).
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
+import secrets
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,7 +36,8 @@ from alexkit.errors import CheckpointError
 
 #: The file a run keeps its training/validation hashes in.
 HASHES_FILE = "data-hashes.json"
-FORMAT = "alexkit-data-hashes/1"
+FORMAT = "alexkit-data-hashes/2"
+_FORMAT_CLEAR_GROUPS = "alexkit-data-hashes/1"  # groups in clear (read, never written)
 _CHUNK = 1 << 20
 
 
@@ -84,22 +95,35 @@ def _split_item(item: str, parse_item: Any) -> tuple[str, str]:
     return (source, item[len(source) + 1 :]) if fields else (item, "")
 
 
-def record_hashes(spec: Any, splits: Iterable[str] = ("train", "val")) -> dict[str, Any]:
-    """Content hashes and group ids of a run's training (and validation) items.
+def key_groups(groups: Iterable[str], group_key: str) -> list[str]:
+    """``HMAC-SHA256(group_key, group)`` (hex) per group; "" stays "" (no group)."""
+    key = bytes.fromhex(group_key)
+    return [hmac.new(key, g.encode(), hashlib.sha256).hexdigest() if g else "" for g in groups]
+
+
+def record_hashes(
+    spec: Any, splits: Iterable[str] = ("train", "val"), *, group_key: str | None = None
+) -> dict[str, Any]:
+    """Content hashes and keyed groups of a run's training (and validation) items.
 
     Args:
         spec: the ``DatasetSpec`` the run trained on, already split; items of unsplit
             specs (split ``""``) count as ``train``.
         splits: the splits to record.
+        group_key: hex key for the groups' HMAC; default a fresh random nonce (pass one
+            only to compare documents).
 
     Returns:
-        The ``data-hashes.json`` document: ``{"format", "algorithm", "splits": {split:
-        {"items", "unreadable", "hashes": [sorted unique], "groups": [sorted unique]}}}``;
-        for TFRecord data (items are shards) ``"splits"`` is empty and ``"skipped"`` says why.
+        The ``data-hashes.json`` document: ``{"format", "algorithm", "group_key",
+        "splits": {split: {"items", "unreadable", "hashes": [sorted unique], "groups":
+        [sorted unique HMACs]}}}``; for TFRecord data (items are shards) ``"splits"`` is
+        empty and ``"skipped"`` says why.
     """
     doc: dict[str, Any] = {
         "format": FORMAT,
-        "algorithm": "sha256 of file bytes; frame/slice items: sha256('<file sha256>#<member>')",
+        "algorithm": "sha256 of file bytes; frame/slice items: sha256('<file sha256>#<member>');"
+        " groups: hmac-sha256(group_key, group)",
+        "group_key": group_key or secrets.token_hex(16),
         "root": str(getattr(spec, "root", "")),
         "splits": {},
     }
@@ -115,17 +139,20 @@ def record_hashes(spec: Any, splits: Iterable[str] = ("train", "val")) -> dict[s
         ]
         if index:
             items = [spec.items[i] for i in index]
-            doc["splits"][split] = _split_entry(items, [spec.groups[i] for i in index])
+            groups = [spec.groups[i] for i in index]
+            doc["splits"][split] = _split_entry(items, groups, doc["group_key"])
     return doc
 
 
-def record_run_hashes(train_spec: Any, val_spec: Any = None) -> dict[str, Any]:
+def record_run_hashes(
+    train_spec: Any, val_spec: Any = None, *, group_key: str | None = None
+) -> dict[str, Any]:
     """:func:`record_hashes` for a run that holds its splits as two specs.
 
     Every item of ``train_spec`` is recorded as ``train`` and every item of ``val_spec``
     as ``val``, whatever split labels they carry (a ``--val`` folder has none).
     """
-    doc = record_hashes(train_spec, splits=())
+    doc = record_hashes(train_spec, splits=(), group_key=group_key)
     if getattr(train_spec, "is_tfrecord", False):
         return doc
     for split, spec in (("train", train_spec), ("val", val_spec)):
@@ -133,17 +160,18 @@ def record_run_hashes(train_spec: Any, val_spec: Any = None) -> dict[str, Any]:
             if getattr(spec, "is_tfrecord", False):
                 doc["skipped"] = f"{split}: TFRecord shards hold many images each; not hashed"
                 continue
-            doc["splits"][split] = _split_entry(list(spec.items), list(spec.groups))
+            entry = _split_entry(list(spec.items), list(spec.groups), doc["group_key"])
+            doc["splits"][split] = entry
     return doc
 
 
-def _split_entry(items: list[str], groups: list[str]) -> dict[str, Any]:
+def _split_entry(items: list[str], groups: list[str], group_key: str) -> dict[str, Any]:
     hashes = hash_items(items)
     return {
         "items": len(items),
         "unreadable": sum(h is None for h in hashes),
         "hashes": sorted({h for h in hashes if h}),
-        "groups": sorted({g for g in groups if g}),
+        "groups": sorted({g for g in key_groups(groups, group_key) if g}),
     }
 
 
@@ -169,8 +197,13 @@ def load_hashes(run_dir: str | Path) -> dict[str, Any] | None:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{path} is not valid JSON ({exc}).") from exc
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+    if not isinstance(doc, dict) or doc.get("format") not in (FORMAT, _FORMAT_CLEAR_GROUPS):
         raise CheckpointError(f"{path} is not an alexkit data-hashes file (format {FORMAT}).")
+    if doc["format"] == FORMAT:
+        try:
+            bytes.fromhex(doc["group_key"])
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{path} has no valid 'group_key'.") from None
     return doc
 
 
@@ -186,7 +219,8 @@ def check_leakage(
 
     Args:
         items: evaluated item strings.
-        groups: their group ids ("" for none), or None.
+        groups: their group ids ("" for none), or None; keyed with the document's
+            ``group_key`` before they are compared.
         recorded: a :func:`record_hashes` document.
         hashes: the items' hashes when already computed (else :func:`hash_items`).
         max_examples: how many leaked item paths to list.
@@ -201,6 +235,8 @@ def check_leakage(
     seen = {s: set(v.get("hashes", ())) for s, v in recorded.get("splits", {}).items()}
     seen_groups = {s: set(v.get("groups", ())) for s, v in recorded.get("splits", {}).items()}
     groups = list(groups) if groups is not None else [""] * len(items)
+    if recorded.get("group_key"):  # format 1 documents hold their groups in clear
+        groups = key_groups(groups, recorded["group_key"])
     dup_by_split = {s: 0 for s in seen}
     group_by_split = {s: set() for s in seen}
     dup_items = 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import shutil
 
@@ -45,12 +46,20 @@ def test_record_save_load_and_check(tmp_path):
     spec = _spec(tmp_path)
     doc = record_hashes(spec)
     assert doc["splits"]["train"]["items"] == 6 and doc["splits"]["val"]["items"] == 2
-    assert doc["splits"]["train"]["groups"] == ["p1", "p2", "p4", "p5"]
+    # Groups are stored as HMAC-SHA256 keyed by the document's random nonce, never in clear.
+    key = bytes.fromhex(doc["group_key"])
+    assert len(key) == 16
+    keyed = sorted(
+        hmac.new(key, g.encode(), hashlib.sha256).hexdigest() for g in "p1 p2 p4 p5".split()
+    )
+    assert doc["splits"]["train"]["groups"] == keyed
     run = tmp_path / "run"
     run.mkdir()
     assert save_hashes(run, doc).name == HASHES_FILE
     recorded = load_hashes(run)
     assert recorded == json.loads(json.dumps(doc))
+    for group in ("p1", "p2", "p3"):
+        assert f'"{group}"' not in (run / HASHES_FILE).read_text()
 
     # Evaluation set: a renamed copy of a training image, a copy of a val image, a
     # re-encoded (JPEG) training image, a fresh image of an unseen patient, and a
@@ -76,6 +85,33 @@ def test_record_save_load_and_check(tmp_path):
     assert not clean["leaked"] and clean["duplicate_items"] == 0 and leakage_message(clean) == ""
 
 
+def test_group_hashes_differ_per_run_and_old_clear_documents_still_work(tmp_path):
+    spec = _spec(tmp_path)
+    first, second = record_hashes(spec), record_hashes(spec)
+    assert first["group_key"] != second["group_key"]
+    assert not set(first["splits"]["train"]["groups"]) & set(second["splits"]["train"]["groups"])
+    # Item hashes are content hashes: the same in both runs.
+    assert first["splits"]["train"]["hashes"] == second["splits"]["train"]["hashes"]
+    fresh = [str(p) for p in write_class_images(tmp_path / "f", ["a"], 2, seed=7)]
+    for doc in (first, second):
+        leak = check_leakage(fresh, ["p5", "zz"], doc)
+        assert leak["shared_groups"] == {"train": 1, "val": 0} and leak["shared_group_items"] == 1
+    # A format-1 file (groups in clear, no key) is still read and checked.
+    old = {
+        "format": "alexkit-data-hashes/1",
+        "splits": {"train": {"hashes": [], "groups": ["p5"]}},
+    }
+    (tmp_path / HASHES_FILE).write_text(json.dumps(old))
+    leak = check_leakage(fresh, ["p5", "zz"], load_hashes(tmp_path))
+    assert leak["shared_group_items"] == 1
+    # A format-2 file without its key is refused, not silently unmatched.
+    broken = dict(first)
+    del broken["group_key"]
+    (tmp_path / HASHES_FILE).write_text(json.dumps(broken))
+    with pytest.raises(CheckpointError, match="group_key"):
+        load_hashes(tmp_path)
+
+
 def test_load_hashes_refuses_other_files(tmp_path):
     assert load_hashes(tmp_path) is None
     (tmp_path / HASHES_FILE).write_text('{"format": "something else"}')
@@ -94,6 +130,6 @@ def test_record_run_hashes_labels_by_spec_not_split(tmp_path):
     train, val = spec.subset("train"), spec.subset("val")
     unsplit_val = DatasetSpec(val.items, val.labels, val.class_names, groups=val.groups)  # --val
     doc = record_run_hashes(train, unsplit_val)
-    want = record_hashes(spec)
+    want = record_hashes(spec, group_key=doc["group_key"])
     assert doc["splits"] == want["splits"]
     assert record_run_hashes(train)["splits"].keys() == {"train"}
