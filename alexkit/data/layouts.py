@@ -196,6 +196,7 @@ def load_spec(
     resplit_val: bool = False,
     labels_file: str | os.PathLike | None = None,
     media_options: Any = None,
+    class_names_from: str = "the model",
 ) -> DatasetSpec:
     """Build a :class:`DatasetSpec` from a folder, a CSV manifest or TFRecord shards.
 
@@ -207,7 +208,8 @@ def load_spec(
     Args:
         source: folder, ``.csv`` file, or shard glob.
         class_names: fixed label order (e.g. a trained model's); data with other classes
-            is refused. Default: sorted class names found.
+            is refused. Names match ignoring case, '_', '-' and spaces
+            (:func:`~alexkit.data.spec.class_key`). Default: sorted class names found.
         split: keep only this split. An unsplit source asked for "test" gives all items.
         val_fraction: when no validation split exists, carve one per class (stratified,
             group-aware, seeded); 0 keeps the data unsplit.
@@ -215,6 +217,8 @@ def load_spec(
         resplit_val: merge an existing (tiny) val split into train and re-split.
         labels_file: ImageNet validation labels, if not found next to the data.
         media_options: passed to ``alexkit.media.expand`` for video/DICOM/NIfTI files.
+        class_names_from: whose ``class_names`` they are, for the unknown-class message
+            ("the model", "recipe 'xray'").
 
     Raises:
         DataError: missing source, no images, unknown classes, bad manifest, a class too
@@ -239,7 +243,7 @@ def load_spec(
     else:
         spec = _folder_spec(path, media_options, labels_file, class_names)
     if class_names is not None:
-        spec = relabel(spec, class_names)
+        spec = relabel(spec, class_names, class_names_from)
     if not spec.is_tfrecord:
         spec = _finish_splits(spec, split, val_fraction, seed, resplit_val)
     if split is not None:

@@ -179,31 +179,83 @@ def load_class_map(path: str | os.PathLike) -> tuple[str, ...]:
     return tuple(line.strip() for line in text.splitlines() if line.strip())
 
 
-def check_classes(spec: DatasetSpec, known_class_names: Sequence[str]) -> None:
-    """Raise DataError if ``spec`` has classes the model does not know.
+_CLASS_KEY_IGNORED = str.maketrans("", "", "_- ")
+
+
+def class_key(name: str) -> str:
+    """The form class names are matched in: case folded, ``_``, ``-`` and spaces removed.
+
+    ``NORMAL`` = ``normal``, ``no_tumor`` = ``notumor`` = ``No Tumor``: the spellings one
+    dataset ships under in different copies. Nothing looser (no plurals or synonyms).
+    """
+    return str(name).casefold().translate(_CLASS_KEY_IGNORED)
+
+
+def _name_map(present: Sequence[str], known: Sequence[str]) -> dict[str, str]:
+    """present name → known name: equal names first, then equal :func:`class_key` when
+    exactly one known name has it (two known names with one key match only exactly)."""
+    known_set = set(known)
+    by_key: dict[str, list[str]] = {}
+    for name in known:
+        by_key.setdefault(class_key(name), []).append(name)
+    out = {}
+    for name in present:
+        if name in known_set:
+            out[name] = name
+        elif len(candidates := by_key.get(class_key(name), [])) == 1:
+            out[name] = candidates[0]
+    return out
+
+
+def check_classes(
+    spec: DatasetSpec, known_class_names: Sequence[str], known_as: str = "the model"
+) -> None:
+    """Raise DataError if ``spec`` has classes that ``known_class_names`` lack (names are
+    matched by :func:`class_key`: case and ``_``/``-``/space differences are allowed).
+
+    Args:
+        spec: the data.
+        known_class_names: the classes of a model or recipe.
+        known_as: who knows them, for the message ("the model", "recipe 'xray'").
 
     Raises:
         DataError: naming the unknown classes and the known ones.
     """
-    known = set(known_class_names)
-    present = {spec.class_names[lab] for lab in spec.labels if lab >= 0}
-    unknown = sorted(present - known)
+    present = sorted({spec.class_names[lab] for lab in spec.labels if lab >= 0})
+    mapping = _name_map(present, known_class_names)
+    unknown = [name for name in present if name not in mapping]
     if unknown:
         raise DataError(
-            f"{len(unknown)} class(es) in {spec.root or 'the data'} unknown to the model: "
-            f"{quote_names(unknown)}; known: {quote_names(sorted(known))}. "
+            f"{len(unknown)} class(es) in {spec.root or 'the data'} unknown to {known_as}: "
+            f"{quote_names(unknown)}; known: {quote_names(sorted(known_class_names))}. "
             "Rename the folders or retrain."
+        )
+    targets = [mapping[name] for name in present]
+    twice = sorted({t for t in targets if targets.count(t) > 1})
+    if twice:
+        sources = [n for n in present if mapping[n] in twice]
+        raise DataError(
+            f"classes {quote_names(sources)} in {spec.root or 'the data'} differ only in "
+            f"case, '_', '-' or spaces and would both be {known_as}'s {twice[0]!r}; "
+            "merge or rename the folders."
         )
 
 
-def relabel(spec: DatasetSpec, class_names: Sequence[str]) -> DatasetSpec:
-    """Map ``spec`` onto a fixed class list (e.g. a trained model's); unknown names fail."""
+def relabel(
+    spec: DatasetSpec, class_names: Sequence[str], known_as: str = "the model"
+) -> DatasetSpec:
+    """Map ``spec`` onto a fixed class list (e.g. a trained model's or a recipe's).
+
+    Names match by :func:`class_key` (``normal`` takes the label of ``NORMAL``); unknown
+    names fail with a message naming ``known_as``.
+    """
     class_names = tuple(class_names)
     if spec.is_tfrecord:
         return replace(spec, class_names=class_names)
-    check_classes(spec, class_names)
+    check_classes(spec, class_names, known_as)
     index = {name: k for k, name in enumerate(class_names)}
-    labels = tuple(index[spec.class_names[lab]] if lab >= 0 else -1 for lab in spec.labels)
+    mapping = _name_map(spec.class_names, class_names)
+    labels = tuple(index[mapping[spec.class_names[lab]]] if lab >= 0 else -1 for lab in spec.labels)
     return replace(spec, labels=labels, class_names=class_names)
 
 

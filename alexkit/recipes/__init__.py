@@ -17,8 +17,9 @@ Precedence is CLI flag > recipe > default (:func:`apply_overrides`):
 Modules: :mod:`~alexkit.recipes.schema` (the frozen dataclasses and allowed values),
 :mod:`~alexkit.recipes.reader` (dict -> validated :class:`Recipe`),
 :mod:`~alexkit.recipes.io` (TOML files in; dict, TOML and fingerprint out),
-:mod:`~alexkit.recipes.builtin` (built-in recipes by name, files by path) and
-:mod:`~alexkit.recipes.overrides` (CLI flags on top; class weights as numbers).
+:mod:`~alexkit.recipes.builtin` (built-in recipes by name, files by path),
+:mod:`~alexkit.recipes.overrides` (CLI flags on top; class weights as numbers) and
+:mod:`~alexkit.recipes.classes` (the recipe's classes against the data's folder names).
 
 Example::
 
@@ -36,6 +37,7 @@ from alexkit.recipes.builtin import (
     recipe_dirs,
     recipe_names,
 )
+from alexkit.recipes.classes import ClassMatch, apply_class_match, match_classes
 from alexkit.recipes.io import recipe_fingerprint, recipe_to_dict, recipe_to_toml
 from alexkit.recipes.overrides import apply_overrides, compute_class_weights
 from alexkit.recipes.reader import recipe_from_dict
@@ -78,6 +80,9 @@ __all__ = [
     "apply_overrides",
     "compute_class_weights",
     "recipe_fingerprint",
+    "ClassMatch",
+    "match_classes",
+    "apply_class_match",
     # The allowed values, for messages and other modules.
     "BUILTIN_DATA",
     "CLASS_WEIGHT_MODES",
