@@ -13,7 +13,8 @@ Built on Keras' own ``model.export`` where it serves:
   :func:`_save_serving`).
 - ``onnx``: ``format="onnx"`` (tf2onnx underneath), checked with ``onnx.checker``
   (``full_check=True``) and run with onnxruntime; ``dynamic-int8`` is onnxruntime's
-  ``quantize_dynamic`` (int8 weights, activations quantized at run time).
+  ``quantize_dynamic`` on the fully connected layers (int8 weights, activations quantized
+  at run time; convolutions stay float32). ONNX has no float16 option here.
 - ``tflite``: ``format="litert"`` with the converter restricted to the built-in op set
   (no Flex / "Select TF ops", which phone apps do not ship), run with the LiteRT
   interpreter (``ai-edge-litert``); ``float16`` stores float16 weights, ``dynamic-int8``
@@ -370,7 +371,15 @@ def _convert(model: Any, fmt: str, path: Path, quantize: str, spec: Any) -> None
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
             try:
-                quantize_dynamic(str(target), str(path), weight_type=QuantType.QInt8)
+                # Fully connected layers only (95 % of AlexNet's weights): onnxruntime's
+                # ConvInteger ran 3-4x slower than float Conv on this project's CPU, while
+                # int8 MatMul is as fast as float (measured: 4.6 vs 16.8 img/s at batch 32).
+                quantize_dynamic(
+                    str(target),
+                    str(path),
+                    weight_type=QuantType.QInt8,
+                    op_types_to_quantize=["MatMul", "Gemm"],
+                )
             finally:
                 target.unlink(missing_ok=True)
         return
