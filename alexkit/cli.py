@@ -80,6 +80,7 @@ COMMAND_MODULES = (
     "data",
     "recipes",
     "train",
+    "crossval",
     "evaluate",
     "explain",
     "export",
