@@ -120,8 +120,8 @@ def match_classes(
         if len(recipe_classes) == 2 and len(data) == 2 and positive is None:
             raise UsageError(
                 f"{where} is for classes {_quote(recipe_classes)} (positive "
-                f"{recipe_classes[1]!r}); the data has {_quote(data)}: name its positive "
-                f"class with --positive-class (e.g. --positive-class {data[1]})."
+                f"{recipe_classes[1]!r}); the data has {_quote(data)}: say which of these is "
+                "positive with --positive-class NAME."
             )
         note = (
             f"{where} is for classes {_quote(recipe_classes)}; its settings apply to the "
