@@ -53,6 +53,8 @@ class EvalReport:
         operating_points: binary tasks: metrics at the run's saved thresholds, or None.
         leakage: overlap with the run's training/validation data, or None when unchecked.
         subgroups: per-attribute, per-value metrics with intervals, or None.
+        explanations: Grad-CAM overlay PNGs of the report's gallery items, keyed by item
+            index (``evaluate --explain``), or None; not part of ``metrics.json``.
     """
 
     class_names: list[str]
@@ -80,6 +82,7 @@ class EvalReport:
     operating_points: dict[str, Any] | None = None
     leakage: dict[str, Any] | None = None
     subgroups: dict[str, Any] | None = None
+    explanations: dict[int, bytes] | None = dataclasses.field(default=None, repr=False)
 
     @property
     def num_samples(self) -> int:
@@ -517,6 +520,7 @@ def evaluate_model(
     calibrate: bool = True,
     subgroups: str | Path | None = None,
     check_leaks: bool = True,
+    explain: bool = False,
 ) -> EvalReport:
     """Run a trained classifier over labelled data and compute its ``EvalReport``.
 
@@ -538,6 +542,8 @@ def evaluate_model(
             either way (converted to the raw scale when uncalibrated).
         subgroups: a CSV (``path`` + attribute columns) for per-subgroup metrics.
         check_leaks: compare the items with the run's ``data-hashes.json`` when present.
+        explain: also draw Grad-CAM overlays (conv5, the predicted class) of the items
+            the HTML report's gallery shows (``report.explanations``).
 
     Returns:
         The ``EvalReport`` (``meta`` holds tta, sample counts and skipped images).
@@ -646,7 +652,77 @@ def evaluate_model(
             report.leakage = check_leakage(all_paths, item_groups, recorded)
     if subgroup_table is not None:
         report.subgroups = subgroup_metrics(report, subgroup_table, **ci)
+    if explain:
+        report.explanations = explain_gallery(
+            model, report, image_size=model_image_size(model, config),
+            grayscale=bool(config.get("grayscale", False)), batch_size=batch_size,
+        )  # fmt: skip
     return report
+
+
+def explain_gallery(
+    model: Any,
+    report: EvalReport,
+    *,
+    image_size: int,
+    grayscale: bool = False,
+    batch_size: int = 32,
+    layer: str = "conv5",
+    method: str = "gradcam",
+) -> dict[int, bytes]:
+    """Grad-CAM overlays of the items in the HTML report's gallery (most confidently wrong).
+
+    The items are read again as evaluation crops (``make_dataset(training=False)``, the
+    centre crop) and explained for the class the model predicted: where it looked to
+    make the mistake.
+
+    Args:
+        model: the Keras classifier that made ``report``.
+        report: the evaluation (needs ``paths``).
+        image_size, grayscale: as the evaluation read them.
+        batch_size: images per forward/backward pass.
+        layer, method: as for ``alexkit explain``.
+
+    Returns:
+        ``{item index in report: PNG bytes}``; items that cannot be read are left out.
+    """
+    from alexkit.html_report import gallery_indices
+
+    wanted = [int(i) for i in gallery_indices(report)]
+    if not wanted or report.paths is None:
+        return {}
+    from alexkit import data as data_mod
+    from alexkit.explain import gradcam_overlays
+    from alexkit.predict import make_spec
+
+    items = [str(report.paths[i]) for i in wanted]
+    dataset = data_mod.make_dataset(
+        make_spec(items, report.class_names),
+        training=False,
+        image_size=image_size,
+        batch_size=batch_size,
+        grayscale=grayscale,
+        with_paths=True,
+        skipped=data_mod.SkipLog(),
+    )
+    crops: dict[str, np.ndarray] = {}
+    for x, _, paths in dataset:
+        for image, path in zip(x.numpy(), paths.numpy(), strict=True):
+            crops[_decode_str(path)] = image
+    shown = [i for i in wanted if str(report.paths[i]) in crops]
+    if not shown:
+        return {}
+    pngs = gradcam_overlays(
+        model,
+        np.stack([crops[str(report.paths[i])] for i in shown]),
+        targets=[int(report.y_pred[i]) for i in shown],
+        class_names=report.class_names,
+        true_labels=[int(report.y_true[i]) for i in shown],
+        layer=layer,
+        method=method,
+        batch_size=batch_size,
+    )
+    return dict(zip(shown, pngs, strict=True))
 
 
 def operating_points(

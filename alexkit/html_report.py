@@ -5,7 +5,8 @@ script, no web fonts), so the file opens offline and can be attached to a submis
 Sections: headline metrics with intervals and their methods, leakage warning,
 calibration (reliability diagram), confusion matrix and most-confused pairs, ROC and PR
 with bootstrap bands (two classes), metrics at saved thresholds, per-class table,
-subgroups, clip/volume level, and a gallery of the most confidently wrong items.
+subgroups, clip/volume level, and a gallery of the most confidently wrong items (with
+their Grad-CAM overlays beside the thumbnails when ``evaluate --explain`` drew them).
 Numbers are printed with 3 decimals, as in the terminal tables.
 """
 
@@ -41,6 +42,8 @@ th{background:#f3f3f3}td.l,th.l{text-align:left}.muted{color:#666;font-size:.9em
 border:1px solid #eee}.gallery{display:flex;flex-wrap:wrap;gap:.6em}
 .card{border:1px solid #ddd;padding:.4em;width:170px;font-size:.85em}
 .card img{width:160px;height:160px;object-fit:contain;background:#000}
+.card.wide{width:350px}.card img.gradcam{width:180px;height:auto;background:#fff;
+margin-left:.3em;vertical-align:top}
 """
 
 
@@ -114,6 +117,13 @@ def _thumbnail(item: str) -> bytes | None:
         return buf.getvalue()
     except Exception:  # a thumbnail is a courtesy: the row stays, the picture goes
         return None
+
+
+def gallery_indices(report: EvalReport) -> np.ndarray:
+    """The items the gallery shows: the most confidently wrong, at most :data:`GALLERY_SIZE`."""
+    from alexkit.report import misclassified_indices
+
+    return misclassified_indices(report)[:GALLERY_SIZE]
 
 
 def _table(header: list[str], rows: list[list[str]], left: int = 1) -> str:
@@ -330,13 +340,18 @@ def render_html(report: EvalReport, images: dict[str, Path] | None = None) -> st
         )
 
     # Gallery.
-    from alexkit.report import misclassified_indices
-
-    wrong = misclassified_indices(report)[:GALLERY_SIZE]
+    wrong = gallery_indices(report)
+    overlays = report.explanations or {}
     parts.append("<h2>Most confidently wrong</h2>")
     if not wrong.size:
         parts.append("<p>No misclassified items.</p>")
     else:
+        if overlays:
+            parts.append(
+                '<p class="muted">Beside each image: Grad-CAM at conv5 for the predicted '
+                "class (where the network looked to make the mistake; 13×13 resolution, "
+                "a hint of shortcuts, not a segmentation).</p>"
+            )
         cards = []
         for i in wrong:
             item = report.paths[i] if report.paths else str(i)
@@ -346,9 +361,16 @@ def render_html(report: EvalReport, images: dict[str, Path] | None = None) -> st
                 if thumb
                 else '<div class="muted">(no preview)</div>'
             )
+            overlay = overlays.get(int(i))
+            if overlay is not None:
+                picture += _img(overlay, f"Grad-CAM of {Path(item).name}").replace(
+                    "<img ", '<img class="gradcam" ', 1
+                )
             t, p = int(report.y_true[i]), int(report.y_pred[i])
+            wide = " wide" if overlay is not None else ""
             cards.append(
-                f'<div class="card">{picture}<div title="{_e(item)}">{_e(Path(item).name)}</div>'
+                f'<div class="card{wide}">{picture}'
+                f'<div title="{_e(item)}">{_e(Path(item).name)}</div>'
                 f"<div>true: <b>{_e(report.class_names[t])}</b></div>"
                 f"<div>predicted: <b>{_e(report.class_names[p])}</b> "
                 f"({report.probs[i, p]:.3f})</div></div>"

@@ -497,3 +497,69 @@ def test_evaluate_clips_resampled_per_clip(tmp_path, runner):
     assert metrics["ci_bootstrap"]["num_units"] == 6  # clips, not frames
     assert metrics["groups"]["level"] == "clip" and metrics["groups"]["num_groups"] == 6
     assert "Per clip" in (out / "report.html").read_text()
+
+
+def test_evaluate_explain_puts_gradcam_overlays_in_the_report(tmp_path, runner):
+    import base64
+    import io
+    import re
+
+    from PIL import Image
+    from test_report import _chromium, _render
+
+    from alexkit.explain import gradcam_overlays
+
+    names = ["alpha", "beta", "gamma"]
+    data = tmp_path / "data"
+    write_class_images(data, names, 10, size=(40, 36))
+    run, model = tiny_run(tmp_path / "run", names, seed=3)
+    out = tmp_path / "eval"
+    args = ["evaluate", str(run), "--data", str(data), "--json", "--out", str(out)]
+    result = runner.invoke(app, [*args, "--explain", "--n-boot", "200"])
+    assert result.exit_code == 0, result.stderr
+    metrics = json.loads(result.stdout)
+    wrong = _csv_rows(out / "misclassified.csv")  # the gallery's order: most confident first
+    shown = wrong[:24]
+    assert len(wrong) == metrics["num_misclassified"] and len(shown) >= 5
+    page = (out / "report.html").read_text()
+    overlays = re.findall(
+        r'<img class="gradcam" alt="[^"]*" src="data:image/png;base64,([^"]+)"', page
+    )
+    assert len(overlays) == len(shown)
+    assert page.count("data:image/jpeg;base64,") == len(shown)  # thumbnails stay
+    assert "Grad-CAM at conv5 for the predicted class" in page
+
+    # Oracle: gradcam_overlays on the evaluation pipeline's own crops of the same items,
+    # for the predicted class, gives the very pictures the page embeds, in gallery order.
+    x, _, items = pipeline_images(data, names)
+    index = [items.index(row["path"]) for row in shown]
+    expected = gradcam_overlays(
+        model,
+        x[index],
+        targets=[names.index(row["predicted"]) for row in shown],
+        class_names=names,
+        true_labels=[names.index(row["true"]) for row in shown],
+    )
+
+    def pixels(png):
+        with Image.open(io.BytesIO(png)) as im:
+            return np.asarray(im.convert("RGB"))
+
+    for got, want in zip(overlays, expected, strict=True):
+        np.testing.assert_array_equal(pixels(base64.b64decode(got)), pixels(want))
+
+    # Without --explain: the same page has no overlays.
+    plain = runner.invoke(app, [*args[:-2], "--out", str(tmp_path / "plain"), "--n-boot", "200"])
+    assert plain.exit_code == 0, plain.stderr
+    assert 'class="gradcam"' not in (tmp_path / "plain" / "report.html").read_text()
+    # --explain has nowhere to go without --out.
+    refused = runner.invoke(app, ["evaluate", str(run), "--data", str(data), "--explain"])
+    assert refused.exit_code == 2 and "--explain" in refused.stderr
+
+    # The page with its overlays still renders in a real browser, without console errors.
+    exe = _chromium()
+    dom, console, shot = _render(exe, out / "report.html", tmp_path)
+    assert console == [], console
+    assert "Most confidently wrong" in dom and dom.count('class="gradcam"') == len(shown)
+    with Image.open(shot) as im:
+        assert np.asarray(im.convert("L"), dtype=np.float64).std() > 10  # not blank

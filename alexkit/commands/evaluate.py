@@ -198,6 +198,9 @@ def evaluate(
     strict: bool = typer.Option(
         False, "--strict", help="Exit 3 when items or groups were in the run's train/val data."
     ),
+    explain: bool = typer.Option(
+        False, "--explain", help="report.html: Grad-CAM overlays beside the wrong images."
+    ),
 ) -> None:
     """Accuracy, per-class precision/recall/F1, confusion matrix (and ROC for 2 classes),
     each with a confidence interval; calibration (ECE, Brier, reliability diagram).
@@ -206,7 +209,8 @@ def evaluate(
     temperature (calibration.json) is applied unless --no-calibration; its saved
     thresholds are reported too. With data-hashes.json in the run, evaluation items
     identical to training/validation ones are counted (--strict: exit 3).
-    --out also writes report.html, one self-contained page.
+    --out also writes report.html, one self-contained page; with --explain its gallery
+    of confidently wrong images shows Grad-CAM overlays (conv5, predicted class).
     Example: [bold]alexkit evaluate runs/xray --data chest_xray/test --out eval/[/]
     """
     from alexkit.errors import UsageError
@@ -216,6 +220,11 @@ def evaluate(
     if n_boot < 0 or 0 < n_boot < 100:
         raise UsageError(f"--n-boot must be 0 or >= 100; received {n_boot}.")
 
+    if explain and (out is None or probe is not None):
+        raise UsageError(
+            "--explain draws Grad-CAM overlays into report.html: it needs --out DIR "
+            "(and a trained model, not --probe)."
+        )
     if probe is not None:
         if train is None:
             raise UsageError("--probe needs --train PATH (the images to fit the probe on).")
@@ -267,6 +276,7 @@ def evaluate(
             seed=seed,
             calibrate=not no_calibration,
             subgroups=subgroups,
+            explain=explain,
         )
     _show_report(report, out, json_output, strict=strict)
 
