@@ -278,7 +278,7 @@ def crossval(
         group_column=group_column, weights=weights, epochs=epochs, batch_size=batch_size,
         lr=lr, seed=seed, steps_per_epoch=steps_per_epoch,
     )  # fmt: skip
-    args = _prepare_out(out, given, resume=resume, force=force)
+    args = _read_args(out, given, resume=resume, force=force)
     if recipe is None or isinstance(recipe, (str, Path)):
         recipe = args["recipe"]
     if args["data"] is None:
@@ -294,12 +294,24 @@ def crossval(
         args["data"], media_options=rec.media, class_names=rec.classes,
         group_column=args["group_column"],
     )  # fmt: skip
-    fold_of = _fold_assignment(out, spec, k, run_seed, resume=resume)
+    fp = folds_fingerprint(spec, k, run_seed)
+    if resume:
+        fold_of = _saved_folds(out, spec, fp)
+    else:
+        # Everything that can be refused is checked before --out is touched.
+        fold_of = assign_folds(spec.labels, spec.groups, k, run_seed)
+        _start_out(out, args, spec, fold_of, fp)
     rows: list[dict[str, Any]] = []
-    for fold in range(k):
-        rows.append(
-            _run_fold(out, spec, fold_of, fold, k, recipe, args, jit=jit, progress=progress)
-        )
+    try:
+        for fold in range(k):
+            rows.append(
+                _run_fold(out, spec, fold_of, fold, k, recipe, args, jit=jit, progress=progress)
+            )
+    except Exception:
+        if not resume and not (out / "fold-1" / "config.json").is_file():
+            # Nothing trained (e.g. missing weights): leave no half-made crossval behind.
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     report = _pooled_report(out, spec, k, ci_level=ci_level, n_boot=n_boot, seed=run_seed)
     summary = _summary(rows, report, k, run_seed, spec)
     from alexkit.paths import atomic_write_text
@@ -317,75 +329,81 @@ def _recipe_arg(recipe: Any) -> str | None:
     return recipe.name
 
 
-def _prepare_out(out: Path, given: dict[str, Any], *, resume: bool, force: bool) -> dict:
-    """Check ``out`` like a run directory; return the arguments (saved ones on resume)."""
-    from alexkit.paths import atomic_write_text
+def _read_args(out: Path, given: dict[str, Any], *, resume: bool, force: bool) -> dict:
+    """Check ``out`` like a run directory (writing nothing); the arguments to use.
 
+    On resume, options left out come from the saved ``config.json``; options given
+    again must equal the saved ones (a fold's settings cannot change half-way).
+    """
     if resume and force:
         raise CheckpointError("--resume and --force contradict each other; pass only one.")
     if out.exists() and not out.is_dir():
         raise CheckpointError(f"{out} is a file, not a directory; choose another --out.")
     config = out / CONFIG
-    if resume:
-        if not config.is_file():
-            raise CheckpointError(
-                f"nothing to resume in {out} (no {CONFIG}); run again without --resume."
-            )
-        saved = json.loads(config.read_text(encoding="utf-8"))
-        if saved.get("kind") != "crossval":
-            raise CheckpointError(f"{out} is not a crossval directory (its kind is not crossval).")
-        args = dict(saved["args"])
-        for key, value in given.items():
-            if value is not None and key in ("recipe", "data", "folds", "group_column"):
-                if args.get(key) is not None and value != args[key]:
-                    raise CheckpointError(
-                        f"{out} was made with --{key.replace('_', '-')} {args[key]}; "
-                        f"received {value}. Resume with the same, or start over with --force."
-                    )
-            if value is not None:
-                args[key] = value
-        return args
-    if out.exists() and any(out.iterdir()):
-        if not force:
+    if not resume:
+        if out.exists() and any(out.iterdir()) and not force:
             raise CheckpointError(
                 f"{out} already exists and is not empty; pass --resume to continue that "
                 "crossval or --force to overwrite it."
             )
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(config, json.dumps({"kind": "crossval", "args": given}, indent=2) + "\n")
-    return dict(given)
+        return dict(given)
+    if not config.is_file():
+        raise CheckpointError(
+            f"nothing to resume in {out} (no {CONFIG}); run again without --resume."
+        )
+    saved = json.loads(config.read_text(encoding="utf-8"))
+    if saved.get("kind") != "crossval":
+        raise CheckpointError(f"{out} is not a crossval directory (its kind is not crossval).")
+    args = dict(saved["args"])
+    for key, value in given.items():
+        if value is not None and value != args.get(key):
+            raise CheckpointError(
+                f"{out} was made with --{key.replace('_', '-')} {args.get(key)}; received "
+                f"{value}. Resume with the same (or leave it out), or start over with --force."
+            )
+    return args
 
 
-def _fold_assignment(out: Path, spec: Any, k: int, seed: int, *, resume: bool) -> np.ndarray:
-    """Make and save the folds, or (resuming) read them back after checking the data."""
+def _start_out(out: Path, args: dict[str, Any], spec: Any, fold_of: np.ndarray, fp: str) -> None:
+    """Empty ``out`` (--force was checked) and write ``config.json`` and ``folds.json``."""
     from alexkit.paths import atomic_write_text
 
-    fp = folds_fingerprint(spec, k, seed)
-    path = out / FOLDS
-    if resume and path.is_file():
-        saved = json.loads(path.read_text(encoding="utf-8"))
-        if saved.get("fingerprint") != fp or saved.get("items") != list(spec.items):
-            raise CheckpointError(
-                f"{out} was cross-validated on other data, groups, folds or seed (fingerprint "
-                f"{saved.get('fingerprint')} != {fp}); resume with the same, or use --force."
-            )
-        return np.asarray(saved["fold"], dtype=int)
-    fold_of = assign_folds(spec.labels, spec.groups, k, seed)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
     record = {
         "fingerprint": fp,
-        "folds": k,
-        "seed": seed,
+        "folds": int(fold_of.max()) + 1,
         "class_names": list(spec.class_names),
         "items": list(spec.items),
         "fold": fold_of.tolist(),
     }
-    atomic_write_text(path, json.dumps(record) + "\n")
-    return fold_of
+    atomic_write_text(out / FOLDS, json.dumps(record) + "\n")
+    config = {"kind": "crossval", "args": args}
+    atomic_write_text(out / CONFIG, json.dumps(config, indent=2) + "\n")
 
 
-def _write_manifest(path: Path, spec: Any, index: np.ndarray) -> None:
-    """A ``path,label,group`` CSV of some items (absolute paths; labels as class names)."""
+def _saved_folds(out: Path, spec: Any, fp: str) -> np.ndarray:
+    """The saved fold assignment, after checking it was made for this very data."""
+    path = out / FOLDS
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{path} is unreadable ({err}); start over with --force.") from None
+    if saved.get("fingerprint") != fp or saved.get("items") != list(spec.items):
+        raise CheckpointError(
+            f"{out} was cross-validated on other data or groups (fingerprint "
+            f"{saved.get('fingerprint')} != {fp}); resume with the same, or use --force."
+        )
+    return np.asarray(saved["fold"], dtype=int)
+
+
+def write_manifest(path: Path, spec: Any, index: np.ndarray) -> None:
+    """A ``path,label,group`` CSV of some items (absolute paths; labels as class names).
+
+    Frames and slices (``clip.mp4#frame=3,...``) are written as items: read back, each
+    stays that one item with its group (the manifest reader does not expand them again).
+    """
     from alexkit.paths import atomic_write_text
 
     buf = io.StringIO()
@@ -444,8 +462,8 @@ def _run_fold(
         status = "skipped"
     else:
         status = "resumed" if _resumable(run_dir) else "trained"
-        _write_manifest(train_csv, spec, train_index)
-        _write_manifest(val_csv, spec, val_index)
+        write_manifest(train_csv, spec, train_index)
+        write_manifest(val_csv, spec, val_index)
     _emit(progress, "fold", fold=number, folds=k, status=status, run_dir=str(run_dir),
           num_train=int(train_index.size), num_val=int(val_index.size))  # fmt: skip
     if status != "skipped":
@@ -516,6 +534,7 @@ def _pooled_report(
     report.meta.update(
         {
             "split": "out-of-fold",
+            "model": f"{out.resolve().name}: {k}-fold cross-validation, out-of-fold",
             "folds": k,
             "data": str(spec.root),
             "calibration": {"temperature_applied": None},

@@ -16,6 +16,7 @@ from alexkit.crossval import (
     crossval,
     load_crossval_spec,
     summarize,
+    write_manifest,
 )
 from alexkit.errors import CheckpointError, DataError
 
@@ -145,6 +146,40 @@ def test_group_column_names_the_groups(tmp_path):
         load_crossval_spec(manifest, group_column="site")
 
 
+def test_clip_frames_stay_together_and_survive_the_fold_manifests(tmp_path):
+    av = pytest.importorskip("av")
+    from alexkit.data import load_spec
+
+    data = tmp_path / "clips"
+    rng = np.random.default_rng(1)
+    for k, name in enumerate(["still", "moving"]):
+        (data / name).mkdir(parents=True)
+        for c in range(3):
+            with av.open(str(data / name / f"clip{c}.mp4"), "w") as container:
+                stream = container.add_stream("mpeg4", rate=10)
+                stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+                for _ in range(6):
+                    img = (rng.integers(0, 60, (32, 32, 3)) + 150 * k).astype(np.uint8)
+                    for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                        container.mux(packet)
+                for packet in stream.encode():
+                    container.mux(packet)
+    spec = load_crossval_spec(data)
+    assert len(spec) > 6 and len(set(spec.groups)) == 6  # frames, grouped by clip
+    fold_of = assign_folds(spec.labels, spec.groups, 3, seed=0)
+    for group in set(spec.groups):
+        assert len({f for f, g in zip(fold_of, spec.groups, strict=True) if g == group}) == 1
+    # A fold's manifest read back (as finetune reads it) gives the same frames and groups.
+    index = np.flatnonzero(fold_of != 0)
+    write_manifest(tmp_path / "fold.csv", spec, index)
+    back = load_spec(tmp_path / "fold.csv", val_fraction=0)
+    assert back.items == tuple(spec.items[i] for i in index)
+    assert back.groups == tuple(spec.groups[i] for i in index)
+    assert [back.class_names[y] for y in back.labels] == [
+        spec.class_names[spec.labels[i]] for i in index
+    ]
+
+
 def test_a_non_empty_out_is_refused_without_force_or_resume(tmp_path):
     out = tmp_path / "cv"
     out.mkdir()
@@ -154,6 +189,19 @@ def test_a_non_empty_out_is_refused_without_force_or_resume(tmp_path):
     assert result.exit_code == 4
     assert "already exists and is not empty" in result.stderr
     assert (out / "something").exists()
+
+
+def test_refusals_leave_no_half_made_crossval(tmp_path):
+    from alexkit.errors import WeightsError
+
+    manifest = _manifest(tmp_path)
+    out = tmp_path / "cv"
+    with pytest.raises(DataError, match="only 4 groups for 5 folds"):
+        crossval("default", manifest, folds=5, out=out, weights="none")
+    assert not out.exists()
+    with pytest.raises(WeightsError):
+        crossval("default", manifest, folds=2, out=out, weights="no-such-weights")
+    assert not out.exists()
 
 
 class Stop(Exception):
