@@ -508,6 +508,7 @@ def test_evaluate_explain_puts_gradcam_overlays_in_the_report(tmp_path, runner):
     from test_report import _chromium, _render
 
     from alexkit.explain import gradcam_overlays
+    from alexkit.html_report import overlay_jpeg
 
     names = ["alpha", "beta", "gamma"]
     data = tmp_path / "data"
@@ -523,10 +524,10 @@ def test_evaluate_explain_puts_gradcam_overlays_in_the_report(tmp_path, runner):
     assert len(wrong) == metrics["num_misclassified"] and len(shown) >= 5
     page = (out / "report.html").read_text()
     overlays = re.findall(
-        r'<img class="gradcam" alt="[^"]*" src="data:image/png;base64,([^"]+)"', page
+        r'<img class="gradcam" alt="[^"]*" src="data:image/jpeg;base64,([^"]+)"', page
     )
     assert len(overlays) == len(shown)
-    assert page.count("data:image/jpeg;base64,") == len(shown)  # thumbnails stay
+    assert page.count("data:image/jpeg;base64,") == 2 * len(shown)  # thumbnails stay
     assert "Grad-CAM at conv5 for the predicted class" in page
 
     # Oracle: gradcam_overlays on the evaluation pipeline's own crops of the same items,
@@ -541,12 +542,10 @@ def test_evaluate_explain_puts_gradcam_overlays_in_the_report(tmp_path, runner):
         true_labels=[names.index(row["true"]) for row in shown],
     )
 
-    def pixels(png):
-        with Image.open(io.BytesIO(png)) as im:
-            return np.asarray(im.convert("RGB"))
-
     for got, want in zip(overlays, expected, strict=True):
-        np.testing.assert_array_equal(pixels(base64.b64decode(got)), pixels(want))
+        assert base64.b64decode(got) == overlay_jpeg(want)
+    with Image.open(io.BytesIO(base64.b64decode(overlays[0]))) as im:
+        assert im.width == 360  # twice the shown width, not the 430-pixel PNG
 
     # Without --explain: the same page has no overlays.
     plain = runner.invoke(app, [*args[:-2], "--out", str(tmp_path / "plain"), "--n-boot", "200"])
