@@ -96,10 +96,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Stratified K-fold fine-tuning; one patient/clip/volume never in two folds.
 
-        Each fold is a normal run directory OUT/fold-<k>. Then OUT/summary.json (per-fold
-        metrics, mean ± sd) and the pooled out-of-fold evaluation (predictions.csv,
-        metrics.json with CIs, report.html). --resume continues a killed crossval at the
-        fold and epoch it reached.
+        Each fold is a normal run directory OUT/fold-<k>. Then OUT/summary.json
+        (per-fold metrics, mean ± sd) and the pooled out-of-fold evaluation
+        (predictions.csv, metrics.json with CIs, report.html). --resume goes on
+        from the fold and epoch a killed crossval reached.
 
         Example: alexkit crossval --recipe xray --data xray.csv --folds 5 --out cv/
         """

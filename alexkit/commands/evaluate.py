@@ -205,12 +205,14 @@ def evaluate(
     """Accuracy, per-class precision/recall/F1, confusion matrix (and ROC for 2 classes),
     each with a confidence interval; calibration (ECE, Brier, reliability diagram).
 
-    Class names come from the run; data with other classes is refused. A run's saved
-    temperature (calibration.json) is applied unless --no-calibration; its saved
-    thresholds are reported too. With data-hashes.json in the run, evaluation items
-    identical to training/validation ones are counted (--strict: exit 3).
-    --out also writes report.html, one self-contained page; with --explain its gallery
-    of confidently wrong images shows Grad-CAM overlays (conv5, predicted class).
+    Class names come from the run; data with other classes is refused.
+    A run's saved temperature (calibration.json) is applied unless
+    --no-calibration; its saved thresholds are reported too. With
+    data-hashes.json in the run, evaluation items identical to
+    training/validation ones are counted (--strict: exit 3).
+    --out also writes report.html, one self-contained page; with --explain
+    its gallery of confidently wrong images shows Grad-CAM overlays
+    (conv5, predicted class).
     Example: [bold]alexkit evaluate runs/xray --data chest_xray/test --out eval/[/]
     """
     from alexkit.errors import UsageError
