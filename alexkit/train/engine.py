@@ -42,7 +42,6 @@ from alexkit.train.policies import (
     EarlyStop,
     HistoryLog,
     Schedule,
-    assign,
 )
 
 log = logging.getLogger(__name__)
@@ -255,7 +254,7 @@ class Engine:
 
     def _restore(self) -> _Restored:
         state, model_arrays, optimizer_arrays, folder = self.checkpoints.load_latest()
-        assign(self.model.variables, model_arrays, "model")
+        Checkpoints.restore_model(self.model, model_arrays)
         log.info("resuming from %s", folder)
         emit(
             self.progress,
@@ -340,13 +339,14 @@ class Engine:
         lr = self.schedule.lr(self.position["stage_epoch"])
         self.model.optimizer.learning_rate = lr
         row = self._train_epoch(stage, lr)
-        self._validate_into(row)
+        # The order of decisions is fixed: every worker and every resume takes the same.
+        self._validate_into(row)  # validation, averaged over workers
         row["seconds"] = self.position["accum"]["seconds"]
-        improved = self.best.update(row, self.model)
+        improved = self.best.update(row, self.model)  # best model
         row["best"] = int(improved)
-        self.early.update(row, stage.early_stopping)
-        self.schedule.end_epoch(self.position["stage_epoch"], self.best.error(row))
-        self._end_epoch(row, improved)
+        self.early.update(row, stage.early_stopping)  # early stopping
+        self.schedule.end_epoch(self.position["stage_epoch"], self.best.error(row))  # LR
+        self._end_epoch(row, improved)  # checkpoint, history, logs
 
     def _train_epoch(self, stage: StagePlan, lr: float) -> dict[str, Any]:
         """The epoch's batches (after a mid-epoch resume, the rest of them); its train row."""

@@ -151,6 +151,8 @@ class Schedule:
 class Checkpoints:
     """Atomic checkpoints (model variables, optimizer variables, loop state) and model files.
 
+    The one place that decides what a checkpoint holds and how it is put back.
+
     Args:
         run: the run directory written to.
         every: also checkpoint every N global steps (None: epoch ends only).
@@ -205,6 +207,11 @@ class Checkpoints:
 
         with atomic_path(path, suffix=".keras") as tmp:
             model.save(tmp)
+
+    @staticmethod
+    def restore_model(model: Any, arrays: Sequence[np.ndarray]) -> None:
+        """Assign saved model arrays (every variable of ``model``, in order)."""
+        assign(model.variables, arrays, "model")
 
     @staticmethod
     def restore_optimizer(
