@@ -158,6 +158,19 @@ def register(app: typer.Typer) -> None:
             None, "--data", "-d", help="Training images; optional for the digits recipe."
         ),
         val: Path | None = typer.Option(None, "--val", help="Validation images."),
+        positive_class: str | None = typer.Option(
+            None,
+            "--positive-class",
+            help="Two classes: the positive one (label 1: sensitivity, AUC). Needed when a "
+            "binary recipe's class names are not your folders'.",
+        ),
+        target_sensitivity: float | None = typer.Option(
+            None,
+            "--target-sensitivity",
+            min=0.0,
+            max=1.0,
+            help="Two classes: also pick a threshold on validation reaching this sensitivity.",
+        ),
         weights: str | None = typer.Option(
             None, "--weights", "-w", help="imagenet (default) | none | store name | .keras file."
         ),
@@ -193,6 +206,8 @@ def register(app: typer.Typer) -> None:
                 recipe,
                 data,
                 val=val,
+                positive_class=positive_class,
+                target_sensitivity=target_sensitivity,
                 weights=weights,
                 out=out,
                 epochs=epochs,

@@ -501,8 +501,16 @@ def final_metrics(
     tta: str = "center",
     make_eval: Callable[..., Any] | None = None,
     meta: dict[str, Any] | None = None,
+    calibrate: bool = False,
+    target_sensitivity: float | None = None,
 ) -> dict[str, Any] | None:
-    """Evaluate the best model on the validation data; write ``metrics.json``."""
+    """Evaluate the best model on the validation data; write ``metrics.json``.
+
+    With ``calibrate`` (finetune), a temperature and, for two classes, operating
+    thresholds (Youden's J; ``target_sensitivity``) are fitted on these validation
+    probabilities and saved as ``calibration.json``; ``metrics.json`` keeps the raw
+    model's numbers (scoring the calibration on the data it was fitted on would flatter it).
+    """
     if engine.make_val is None or not run.model_path.exists():
         return None
     import keras
@@ -523,8 +531,9 @@ def final_metrics(
         return None
     from alexkit.evaluate import compute_report, group_eval, group_report
 
+    paths = items if len(items) == len(y) else None
     report = compute_report(
-        y, p, engine.data.class_names, paths=items if len(items) == len(y) else None
+        y, p, engine.data.class_names, paths=paths, groups=_groups_of(engine.data.val, paths)
     )
     if report.paths is not None and any("#" in item for item in report.paths):
         # Frames of clips / slices of volumes: also score one row per source.
@@ -538,10 +547,25 @@ def final_metrics(
         "model": str(run.model_path),
         **(meta or {}),
     }
+    if calibrate and engine.checkpoints.writes:
+        from alexkit.calibration import calibration_for_split, save_calibration
+
+        fit = calibration_for_split(y, p, target_sensitivity=target_sensitivity)
+        save_calibration(run.path, fitted_on="val", tta=tta, **fit)
+        metrics["meta"]["temperature"] = fit["temperature"]
     from alexkit.paths import atomic_write_text
 
     atomic_write_text(run.metrics_path, json.dumps(metrics, indent=2, default=str) + "\n")
     return metrics
+
+
+def _groups_of(spec: Any, paths: list[str] | None) -> list[str] | None:
+    """The group (patient, clip, volume) of each evaluated item, when the spec has any."""
+    if spec is None or paths is None or not any(getattr(spec, "groups", ())):
+        return None
+    group_of = dict(zip(spec.items, spec.groups, strict=True))
+    groups = [group_of.get(item, "") for item in paths]
+    return groups if all(groups) else None
 
 
 def run_result(

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
 from alexkit.errors import DataError, UsageError, WeightsError
-from alexkit.recipes import Recipe
+from alexkit.recipes import Recipe, recipe_to_dict
+from alexkit.runlock import RunLock
 from alexkit.runs import RunDir
 from alexkit.train.common import (
     ProgressFn,
@@ -39,12 +41,16 @@ from alexkit.train.plan import (
 )
 from alexkit.weights import resolve_weights
 
+log = logging.getLogger(__name__)
+
 
 def finetune(
     recipe: Any,
     data: str | Path | None = None,
     *,
     val: str | Path | None = None,
+    positive_class: str | None = None,
+    target_sensitivity: float | None = None,
     weights: str | None = None,
     out: str | Path | None = None,
     epochs: int | None = None,
@@ -70,6 +76,10 @@ def finetune(
         data: training images (any layout :func:`alexkit.data.load_spec` reads); may be
             omitted for a recipe with built-in data (``digits``).
         val: validation images; default: the data's own ``val`` split.
+        positive_class: two classes: the positive one (label 1: sensitivity, AUC); needed
+            when a binary recipe's class names are not the data's.
+        target_sensitivity: two classes: also choose an operating threshold on the
+            validation data that reaches this sensitivity (saved in ``calibration.json``).
         weights: ``"imagenet"`` (default: the store's ImageNet entry for the recipe's
             variant), ``"none"`` (random init), a store name or a ``.keras`` file.
         out: run directory (default ``runs/finetune-<time>``).
@@ -96,13 +106,14 @@ def finetune(
     given = dict(
         recipe=_recipe_arg(recipe), data=_absolute(data), val=_absolute(val), weights=weights,
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, steps_per_epoch=steps_per_epoch,
+        positive_class=positive_class, target_sensitivity=target_sensitivity,
     )  # fmt: skip
     args = merge_saved_args(out_path, resume, given)
     # On resume, --recipe/--data/--val may be left out: the run's own are used.
     if recipe is None or isinstance(recipe, (str, Path)):
         recipe = args["recipe"]
     overrides = {k: args[k] for k in ("epochs", "batch_size", "lr", "seed")}
-    rec, rec_dict, rec_fp = load_recipe(recipe, overrides)
+    rec, _, rec_fp = load_recipe(recipe, overrides)
     seed = int(rec.seed if args["seed"] is None else args["seed"])
     weights = args["weights"] or "imagenet"
     data = _training_data(args["data"], rec)
@@ -110,9 +121,35 @@ def finetune(
         # Fail before touching --out when the weights are missing (the message lists
         # the three ways to get them).
         resolve_weights(weights, _weights_variant(weights, rec.variant))
-    run = RunDir.prepare(out_path, resume=resume, force=force)
+    # One process per run directory: a second finetune on the same --out is refused.
+    with RunLock(out_path):
+        run = RunDir.prepare(out_path, resume=resume, force=force)
+        return _finetune_run(
+            run, rec, rec_fp, args, data, weights, seed, resume, t0,
+            progress=progress, checkpoint_every=checkpoint_every, jit=jit,
+        )  # fmt: skip
+
+
+def _finetune_run(
+    run: RunDir,
+    rec: Recipe,
+    rec_fp: str,
+    args: dict[str, Any],
+    data: Path,
+    weights: str,
+    seed: int,
+    resume: bool,
+    t0: float,
+    *,
+    progress: ProgressFn | None,
+    checkpoint_every: int | None,
+    jit: bool | None,
+) -> RunResult:
+    """The run itself, in a prepared (and locked) run directory."""
     seed_everything(seed)
     saved = run.read_config() if resume else None
+    rec = _match_classes(rec, data, args.get("positive_class"), saved)
+    rec_dict = recipe_to_dict(rec)  # config.json keeps the recipe as applied to the data
     train_spec, val_spec = _specs(rec, data, args["val"], seed=seed, saved=saved)
     class_names = list(train_spec.class_names)
     if resume and saved is not None:
@@ -132,6 +169,7 @@ def finetune(
         check_resume_config(run, config)
     else:
         run.write_config(config)
+        _record_data_hashes(run, train_spec, val_spec)
     # On resume every variable comes from the checkpoint: build the architecture only.
     build_model = functools.partial(
         _finetune_model, weights, variant, len(class_names), rec, seed, load_weights=not resume
@@ -145,7 +183,10 @@ def finetune(
     )  # fmt: skip
     state = engine.run_all()
     # End of run: the best model evaluated on the validation data (metrics.json).
-    metrics = final_metrics(run, engine, state, make_eval=make_eval)
+    metrics = final_metrics(
+        run, engine, state, make_eval=make_eval, calibrate=True,
+        target_sensitivity=args.get("target_sensitivity"),
+    )  # fmt: skip
     emit(progress, "done", run_dir=str(run.path))
     return run_result(run, engine, state, resumed=resume, t0=t0, metrics=metrics)
 
@@ -170,6 +211,38 @@ def _training_data(data: str | None, rec: Recipe) -> Path:
     if not path.exists():
         raise DataError(f"--data {path} does not exist.")
     return path
+
+
+def _match_classes(
+    rec: Recipe, data: Path, positive_class: str | None, saved: dict[str, Any] | None
+) -> Recipe:
+    """The recipe applied to the data's own class names.
+
+    Names match ignoring case, '_', '-' and spaces; otherwise the data's classes are used
+    (a binary recipe then needs ``--positive-class``). A resumed run keeps its saved order.
+    """
+    from alexkit import data as data_mod
+    from alexkit.recipes import ClassMatch, apply_class_match, match_classes
+
+    if saved is not None and saved.get("class_names"):
+        names = tuple(saved["class_names"])
+        return apply_class_match(rec, ClassMatch(names, None, True, {}))
+    if rec.classes is None and positive_class is None:
+        return rec  # the data's sorted order
+    found = data_mod.load_spec(str(data), val_fraction=0.0, media_options=rec.media)
+    match = match_classes(rec, found.class_names, positive_class)
+    if match.note:
+        log.info("%s", match.note)
+    return apply_class_match(rec, match)
+
+
+def _record_data_hashes(run: RunDir, train_spec: Any, val_spec: Any) -> None:
+    """``data-hashes.json``: what ``evaluate`` checks for leakage (content hashes, keyed groups)."""
+    from alexkit.leakage import HASHES_FILE, record_run_hashes, save_hashes
+
+    if (run.path / HASHES_FILE).exists():
+        return
+    save_hashes(run.path, record_run_hashes(train_spec, val_spec))
 
 
 def _specs(

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from alexkit.errors import AlexkitError, CheckpointError, DataError, UsageError
+from alexkit.runlock import RunLock
 from alexkit.runs import RunDir
 from alexkit.train.common import (
     ProgressFn,
@@ -219,6 +220,7 @@ def _run_dirs(
     """
     home = RunDir(out_path)
     run: RunDir | None = None
+    lock: RunLock | None = None
     error: AlexkitError | None = None
     try:
         if worker:
@@ -230,31 +232,33 @@ def _run_dirs(
             scratch = Path(tempfile.mkdtemp(prefix=f"alexkit-worker{worker}-"))
             run = RunDir.prepare(scratch, resume=False, force=True)
         else:
+            # One process per run directory: a second pretrain on the same --out is refused.
+            lock = RunLock(out_path).acquire()
             run = home = RunDir.prepare(out_path, resume=resume, force=force)
     except AlexkitError as exc:
         error = exc
-    if worker is not None:
-        # Agree before training: a worker that cannot start (e.g. --out exists without
-        # --force, only the chief checks) must stop the others, not leave them waiting
-        # in the first collective.
-        others_failed = feed.mean({"failed": 0.0 if error is None else 1.0})["failed"] > 0
-        if error is None and others_failed:
-            if run is not None and worker:
-                shutil.rmtree(run.path, ignore_errors=True)
-            raise UsageError(
-                "another worker could not start (its error is on its own terminal); "
-                "nothing was trained."
-            )
-    if error is not None:
-        raise error
-    assert run is not None
     try:
+        if worker is not None:
+            # Agree before training: a worker that cannot start (e.g. --out exists without
+            # --force, only the chief checks) must stop the others, not leave them waiting
+            # in the first collective.
+            others_failed = feed.mean({"failed": 0.0 if error is None else 1.0})["failed"] > 0
+            if error is None and others_failed:
+                raise UsageError(
+                    "another worker could not start (its error is on its own terminal); "
+                    "nothing was trained."
+                )
+        if error is not None:
+            raise error
+        assert run is not None
         yield run, home
         if worker is not None:
             feed.mean({})  # wait for the chief's final evaluation and writes
     finally:
-        if worker:
+        if worker and run is not None:
             shutil.rmtree(run.path, ignore_errors=True)
+        if lock is not None:
+            lock.release()
 
 
 def _pretrain_run(
