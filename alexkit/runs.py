@@ -13,12 +13,22 @@ A run directory looks like this::
       logs/train, logs/validation   TensorBoard event files
       checkpoints/
         index.json       names of complete checkpoints, oldest first
-        ckpt-000000120/  model.npz, optimizer.npz, state.json (state.json written last)
+        ckpt-000000120/  model.npz, optimizer.npz, [layout.json,] state.json (state.json last)
+        frozen-<digest>.npz   a stage's frozen variables, when they differ from the
+                         starting weights (written once, shared by that stage's checkpoints)
 
 A checkpoint is written into a hidden temporary folder and renamed into place, then
 listed in ``index.json`` (also written atomically), so a ``kill -9`` at any moment leaves
 either the previous set of checkpoints or the new one. Loading tries the newest and
 falls back to the previous one when a file is missing or truncated.
+
+Lean checkpoints: ``model.npz`` holds only the variables that can change in the stage
+(trainable ones, their layers' state, dropout RNG state); ``layout.json`` says which
+variables were left out (frozen) and where their values are: ``"initial"`` (the weights
+the run starts from, checked by their digest on resume) or a ``frozen-<digest>.npz``
+file of the checkpoints folder. A checkpoint without ``layout.json`` (every checkpoint
+written before lean checkpoints, and every checkpoint of a stage that trains
+everything) holds every variable.
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ import logging
 import os
 import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +59,8 @@ LAST_MODEL = "last.keras"
 METRICS = "metrics.json"
 CHECKPOINTS = "checkpoints"
 LOGS = "logs"
+LAYOUT = "layout.json"
+FROZEN_PREFIX = "frozen-"
 
 
 class RunDir:
@@ -196,13 +209,13 @@ class CheckpointManager:
 
     Args:
         directory: the ``checkpoints`` folder of a run.
-        keep: how many complete checkpoints to keep (the newest ones; at least 2 so a
-            damaged newest one can fall back).
+        keep: how many complete checkpoints to keep (the newest ones; 2, the default,
+            lets a damaged newest one fall back to the previous; at least 1).
     """
 
     def __init__(self, directory: str | os.PathLike, keep: int = 2):
         self.directory = Path(directory)
-        self.keep = max(2, int(keep))
+        self.keep = max(1, int(keep))
 
     @property
     def index_path(self) -> Path:
@@ -231,13 +244,17 @@ class CheckpointManager:
         model_arrays: Sequence[np.ndarray],
         optimizer_arrays: Sequence[np.ndarray],
         state: dict[str, Any],
+        layout: dict[str, Any] | None = None,
     ) -> Path:
         """Write a checkpoint for ``state["global_step"]`` atomically; prune old ones.
 
         Args:
-            model_arrays: values of ``model.variables`` in order.
+            model_arrays: values of ``model.variables`` in order (a lean checkpoint: of
+                those that ``layout`` does not list as frozen).
             optimizer_arrays: values of ``optimizer.variables`` in order.
             state: JSON-able loop state (epoch, step, stage, schedule, history, ...).
+            layout: for a lean checkpoint, which variables are frozen and where their
+                values are (``{"variables", "frozen", "source", "digests"}``).
 
         Returns:
             The checkpoint folder.
@@ -254,6 +271,8 @@ class CheckpointManager:
             tmp.mkdir()
             _save_arrays(tmp / "model.npz", model_arrays)
             _save_arrays(tmp / "optimizer.npz", optimizer_arrays)
+            if layout is not None:
+                (tmp / LAYOUT).write_text(json.dumps(layout), encoding="utf-8")
             with open(tmp / "state.json", "w", encoding="utf-8") as fh:
                 fh.write(payload)
                 fh.flush()
@@ -277,11 +296,50 @@ class CheckpointManager:
         atomic_write_text(self.index_path, json.dumps({"complete": keep}, indent=1) + "\n")
         for old in drop:
             shutil.rmtree(self.directory / old, ignore_errors=True)
+        self._drop_unreferenced_frozen(keep)
         # Temporary folders of killed processes are never complete: remove them.
         for child in self.directory.iterdir():
             if child.name.startswith(".tmp-ckpt-") and child != tmp:
                 shutil.rmtree(child, ignore_errors=True)
+            elif child.name.startswith(f".tmp-{FROZEN_PREFIX}"):
+                child.unlink(missing_ok=True)
         return final
+
+    def _drop_unreferenced_frozen(self, kept: Sequence[str]) -> None:
+        """Remove ``frozen-*.npz`` files that no kept checkpoint refers to."""
+        used = set()
+        for name in kept:
+            layout = _read_layout(self.directory / name)
+            if layout is not None:
+                used.add(layout["source"])
+        for path in self.directory.glob(f"{FROZEN_PREFIX}*.npz"):
+            if path.name not in used:
+                path.unlink(missing_ok=True)
+
+    def save_frozen(self, name: str, arrays: Sequence[np.ndarray]) -> Path:
+        """Write a stage's frozen arrays as ``name`` (atomically; kept if already there)."""
+        path = self.directory / name
+        if path.exists():
+            return path
+        tmp = self.directory / f".tmp-{name}-{os.getpid()}"
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            _save_arrays(tmp, arrays)
+            os.replace(tmp, path)
+        except BaseException as exc:
+            tmp.unlink(missing_ok=True)
+            if not isinstance(exc, Exception):
+                raise
+            code = write_errno(exc)
+            if code is None:
+                raise
+            needed = sum(np.asarray(a).nbytes for a in arrays)
+            raise self._write_failure(path, code, needed) from exc
+        return path
+
+    def clear(self) -> None:
+        """Remove every checkpoint (the run is finished and nothing resumes it)."""
+        shutil.rmtree(self.directory, ignore_errors=True)
 
     def _write_failure(self, final: Path, code: int, needed: int) -> CheckpointError:
         err = write_failure(final, code, needed, what="save checkpoint")
@@ -298,6 +356,11 @@ class CheckpointManager:
         Raises:
             CheckpointError: no checkpoint, or none that loads.
         """
+        loaded = self.load_latest_checkpoint()
+        return loaded.state, loaded.model_arrays, loaded.optimizer_arrays, loaded.folder
+
+    def load_latest_checkpoint(self) -> LoadedCheckpoint:
+        """Like :meth:`load_latest`, with a lean checkpoint's layout and frozen arrays."""
         candidates = list(reversed(self.list()))
         if not candidates:
             raise CheckpointError(
@@ -309,17 +372,52 @@ class CheckpointManager:
                 state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
                 model_arrays = _load_arrays(folder / "model.npz")
                 optimizer_arrays = _load_arrays(folder / "optimizer.npz")
+                layout = _read_layout(folder)
+                frozen = None
+                if layout is not None and layout["source"] != "initial":
+                    frozen = _load_arrays(self.directory / layout["source"])
             except Exception as err:  # noqa: BLE001 - any damage means "try the previous one"
                 log.warning(
                     "checkpoint %s is unreadable (%s); trying the previous one", folder, err
                 )
                 problems.append(f"{folder.name}: {err}")
                 continue
-            return state, model_arrays, optimizer_arrays, folder
+            return LoadedCheckpoint(state, model_arrays, optimizer_arrays, folder, layout, frozen)
         raise CheckpointError(
             f"every checkpoint in {self.directory} is damaged ({'; '.join(problems)}); "
             "start the run again with --force."
         )
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A checkpoint read back: ``layout`` and ``frozen_arrays`` are None when it is complete."""
+
+    state: dict[str, Any]
+    model_arrays: list[np.ndarray]
+    optimizer_arrays: list[np.ndarray]
+    folder: Path
+    layout: dict[str, Any] | None = None
+    frozen_arrays: list[np.ndarray] | None = None
+
+
+def _read_layout(folder: Path) -> dict[str, Any] | None:
+    path = folder / LAYOUT
+    if not path.exists():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def directory_bytes(path: str | os.PathLike) -> int:
+    """Bytes of the regular files under ``path`` (0 if it does not exist)."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                pass
+    return total
 
 
 def _step_of(name: str) -> int:

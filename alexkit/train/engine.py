@@ -101,6 +101,8 @@ class Engine:
         save_last: also save ``last.keras`` at the end.
         restore_dir: resume from these checkpoints instead of the run's own.
         writes: False on non-chief workers (no checkpoints or models).
+        keep_checkpoints: checkpoints kept (the newest); 0 keeps 2 while training and
+            removes them when the run ends.
     """
 
     def __init__(
@@ -125,6 +127,7 @@ class Engine:
         save_last: bool = False,
         restore_dir: Path | None = None,
         writes: bool = True,
+        keep_checkpoints: int = 2,
     ):
         self.run = run
         self.build_model = build_model
@@ -144,7 +147,12 @@ class Engine:
         self.save_last = save_last
         self.feed = self._replica_feed()
         self.checkpoints = Checkpoints(
-            run, every=checkpoint_every, writes=writes, restore_dir=restore_dir, progress=progress
+            run,
+            every=checkpoint_every,
+            writes=writes,
+            restore_dir=restore_dir,
+            progress=progress,
+            keep=keep_checkpoints,
         )
         self.best = BestModel(monitor, lambda m: self.checkpoints.save_model(m, run.model_path))
         self.early = EarlyStop()
@@ -220,6 +228,9 @@ class Engine:
         """Train every stage to the end; return the final loop state (``snapshot()``)."""
         with self._scope():
             self.model = self.build_model()
+        if any(s.trainable_from != "all" for s in self.stages):
+            # Frozen layers that keep the starting weights are left out of checkpoints.
+            self.checkpoints.note_initial(self.model)
         restored = self._restore() if self.resume else None
         emit(
             self.progress,
@@ -246,6 +257,7 @@ class Engine:
                 self._next_stage()
             if self.save_last:
                 self.checkpoints.save_model(self.model, self.run.last_model_path)
+            self.checkpoints.finish()
         except KeyboardInterrupt:
             self._interrupted()
         finally:
@@ -253,8 +265,9 @@ class Engine:
         return self.snapshot()
 
     def _restore(self) -> _Restored:
-        state, model_arrays, optimizer_arrays, folder = self.checkpoints.load_latest()
-        Checkpoints.restore_model(self.model, model_arrays)
+        loaded = self.checkpoints.load_latest()
+        state, optimizer_arrays, folder = loaded.state, loaded.optimizer_arrays, loaded.folder
+        self.checkpoints.restore_model(self.model, loaded)
         log.info("resuming from %s", folder)
         emit(
             self.progress,
@@ -274,6 +287,7 @@ class Engine:
 
     def _start_stage(self, stage: StagePlan, restored: _Restored | None) -> None:
         self._compile(stage)
+        self.checkpoints.start_stage(self.model)
         self.schedule.start_stage(stage, restored.schedule if restored else None)
         if restored is not None:
             Checkpoints.restore_optimizer(

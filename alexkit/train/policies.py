@@ -11,6 +11,7 @@ schedule), :class:`Checkpoints` (an atomic checkpoint) and :class:`HistoryLog`
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from alexkit.errors import CheckpointError
-from alexkit.runs import CheckpointManager, RunDir
+from alexkit.errors import CheckpointError, UsageError
+from alexkit.runs import FROZEN_PREFIX, CheckpointManager, LoadedCheckpoint, RunDir
 from alexkit.train.common import ProgressFn, emit
 from alexkit.train.plan import StagePlan, monitor_mode
 
@@ -153,6 +154,15 @@ class Checkpoints:
 
     The one place that decides what a checkpoint holds and how it is put back.
 
+    A checkpoint holds what can change in the stage: the variables of the layers that
+    train (and the layers' state, e.g. dropout RNG), the optimizer's slots and the loop
+    state. The variables of frozen layers are left out (a *lean* checkpoint): when they
+    still hold the weights the run started from they are referenced by their digest
+    (checked on resume against the freshly built model), otherwise they are written once
+    per stage to ``checkpoints/frozen-<digest>.npz``. A stage that trains everything
+    (``pretrain``) writes complete checkpoints, as do runs from before lean checkpoints;
+    both are read back as before.
+
     Args:
         run: the run directory written to.
         every: also checkpoint every N global steps (None: epoch ends only).
@@ -160,6 +170,8 @@ class Checkpoints:
         restore_dir: where to resume from when not ``run``'s own checkpoints (a worker
             resumes from the chief's).
         progress: event callback.
+        keep: how many checkpoints to keep (newest first); 0 keeps 2 while training and
+            removes them all when the run ends (:meth:`finish`).
     """
 
     def __init__(
@@ -170,34 +182,85 @@ class Checkpoints:
         writes: bool = True,
         restore_dir: Path | None = None,
         progress: ProgressFn | None = None,
+        keep: int = 2,
     ):
+        if int(keep) < 0:
+            raise UsageError(f"--keep-checkpoints must be 0 or more. Received: {keep}")
         self.every = every
         self.writes = writes
         self.progress = progress
-        self.manager = CheckpointManager(run.checkpoint_dir)
+        self.keep = int(keep)
+        self.manager = CheckpointManager(run.checkpoint_dir, keep=self.keep or 2)
         self.restore_from = CheckpointManager(restore_dir) if restore_dir else self.manager
+        # Digest of every model variable as built (the run's starting weights), by index.
+        self.initial: list[str] | None = None
+        # The stage's frozen variables: a checkpoint layout, or None (complete checkpoints).
+        self.layout: dict[str, Any] | None = None
 
     def due(self, global_step: int) -> bool:
         """Whether step ``global_step`` ends a ``checkpoint_every`` period."""
         return bool(self.every) and global_step % self.every == 0
+
+    def note_initial(self, model: Any) -> None:
+        """Remember the digests of the freshly built model's variables (its starting weights)."""
+        self.initial = [array_digest(v.numpy()) for v in model.variables]
+
+    def start_stage(self, model: Any) -> None:
+        """Decide what the stage's checkpoints leave out: the variables of frozen layers.
+
+        Frozen variables equal to the starting weights are referenced by digest; others
+        are written once to ``frozen-<digest>.npz`` (before any checkpoint refers to it).
+        """
+        variables = list(model.variables)
+        frozen_ids = frozen_variable_ids(model)
+        frozen = [i for i, v in enumerate(variables) if id(v) in frozen_ids]
+        if not frozen:
+            self.layout = None
+            return
+        arrays = [np.asarray(variables[i].numpy()) for i in frozen]
+        digests = [array_digest(a) for a in arrays]
+        initial = self.initial is not None and len(self.initial) == len(variables)
+        if initial and all(self.initial[i] == d for i, d in zip(frozen, digests, strict=True)):
+            source = "initial"
+        else:
+            source = f"{FROZEN_PREFIX}{array_digest(np.array(digests))}.npz"
+            if self.writes:
+                self.manager.save_frozen(source, arrays)
+        self.layout = {
+            "version": 1,
+            "variables": len(variables),
+            "frozen": frozen,
+            "source": source,
+            "digests": digests,
+        }
 
     def save(self, model: Any, state: dict[str, Any]) -> Path:
         """Write a checkpoint of ``model``, its optimizer and ``state``; return its folder."""
         if not self.writes:
             return self.restore_from.directory
         state = dict(state)
-        model_arrays = [np.asarray(v.numpy()) for v in model.variables]
+        variables = list(model.variables)
+        layout = self.layout
+        if layout is not None and layout["variables"] != len(variables):
+            layout = None  # the model changed shape since the stage began: save it whole
+        skip = set(layout["frozen"]) if layout else set()
+        model_arrays = [np.asarray(v.numpy()) for i, v in enumerate(variables) if i not in skip]
         optimizer_variables = list(model.optimizer.variables)
         optimizer_arrays = [np.asarray(v.numpy()) for v in optimizer_variables]
         # Optimizer slot names derive from layer names, so they identify slots across runs.
         state["optimizer_paths"] = [v.path for v in optimizer_variables]
-        path = self.manager.save(model_arrays, optimizer_arrays, state)
+        path = self.manager.save(model_arrays, optimizer_arrays, state, layout=layout)
         emit(self.progress, "checkpoint", path=str(path), global_step=state["global_step"])
         return path
 
-    def load_latest(self) -> tuple[dict[str, Any], list[np.ndarray], list[np.ndarray], Path]:
-        """The newest complete checkpoint: ``(state, model_arrays, optimizer_arrays, folder)``."""
-        return self.restore_from.load_latest()
+    def load_latest(self) -> LoadedCheckpoint:
+        """The newest complete checkpoint (with its layout and frozen arrays, if lean)."""
+        return self.restore_from.load_latest_checkpoint()
+
+    def finish(self) -> None:
+        """At the end of a run: with ``keep=0`` remove every checkpoint."""
+        if self.writes and self.keep == 0:
+            self.manager.clear()
 
     def save_model(self, model: Any, path: Path) -> None:
         """Save ``model`` as a ``.keras`` file atomically (chief only)."""
@@ -208,10 +271,41 @@ class Checkpoints:
         with atomic_path(path, suffix=".keras") as tmp:
             model.save(tmp)
 
-    @staticmethod
-    def restore_model(model: Any, arrays: Sequence[np.ndarray]) -> None:
-        """Assign saved model arrays (every variable of ``model``, in order)."""
-        assign(model.variables, arrays, "model")
+    def restore_model(self, model: Any, loaded: LoadedCheckpoint | Sequence[np.ndarray]) -> None:
+        """Put a checkpoint's model arrays back (all of them, or a lean checkpoint's parts).
+
+        Raises:
+            CheckpointError: the checkpoint is from another model, or the starting weights
+                it refers to are not the ones the run was built with now.
+        """
+        if not isinstance(loaded, LoadedCheckpoint):
+            assign(model.variables, loaded, "model")
+            return
+        layout = loaded.layout
+        variables = list(model.variables)
+        if layout is None:
+            assign(variables, loaded.model_arrays, "model")
+            return
+        if layout["variables"] != len(variables):
+            raise CheckpointError(
+                f"checkpoint {loaded.folder.name} is of a model with {layout['variables']} "
+                f"variables but the run has {len(variables)}; it is from another model."
+            )
+        frozen = list(layout["frozen"])
+        skip = set(frozen)
+        stored = [v for i, v in enumerate(variables) if i not in skip]
+        assign(stored, loaded.model_arrays, "model")
+        if layout["source"] == "initial":
+            built = self.initial or [array_digest(v.numpy()) for v in variables]
+            if any(built[i] != d for i, d in zip(frozen, layout["digests"], strict=True)):
+                raise CheckpointError(
+                    f"the frozen layers of checkpoint {loaded.folder.name} hold the run's "
+                    "starting weights, but the weights loaded now differ from them (was the "
+                    "--weights file replaced?); resume with the original weights or start "
+                    "again with --force."
+                )
+            return
+        assign([variables[i] for i in frozen], loaded.frozen_arrays or [], "frozen model")
 
     @staticmethod
     def restore_optimizer(
@@ -219,6 +313,35 @@ class Checkpoints:
     ) -> None:
         """Assign saved optimizer arrays, matched by variable path when the names agree."""
         assign(_ordered_like(optimizer.variables, paths), arrays, "optimizer")
+
+
+def frozen_variable_ids(model: Any) -> set[int]:
+    """``id`` of every weight of a layer that does not train (nor any layer around it).
+
+    A frozen layer's weights cannot change in a stage (Keras runs frozen batch-norm in
+    inference mode); RNG state of dropout layers is not a weight and is not included.
+    """
+    ids: set[int] = set()
+
+    def walk(layer: Any, frozen: bool) -> None:
+        frozen = frozen or not layer.trainable
+        if frozen:
+            ids.update(id(w) for w in layer.weights)
+        for child in getattr(layer, "_layers", None) or []:
+            walk(child, frozen)
+
+    for layer in model.layers:
+        walk(layer, not model.trainable)
+    return ids
+
+
+def array_digest(array: Any) -> str:
+    """A short content digest of an array (dtype, shape and bytes)."""
+    array = np.ascontiguousarray(array)
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{array.dtype.str}{array.shape}".encode())
+    h.update(array.reshape(-1).view(np.uint8).data)
+    return h.hexdigest()
 
 
 def assign(variables: Sequence[Any], arrays: Sequence[np.ndarray], what: str) -> None:

@@ -1,0 +1,171 @@
+"""Lean checkpoints: frozen layers are left out, and resume is still exact.
+
+A small network through the real engine: a wide frozen body under a small head, with
+dropout (its RNG state must travel) and stages whose frozen sets differ.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from alexkit.errors import CheckpointError, Interrupted
+
+WIDTH = 256  # body1 has 64*256 + 256 weights, body2 256*256 + 256: the bulk of the net
+
+
+def _engine(tmp_path, out, stages, *, resume=False, progress=None, keep=2, build=None):
+    import keras
+    import tensorflow as tf
+
+    from alexkit.runs import RunDir
+    from alexkit.train.common import seed_everything
+    from alexkit.train.engine import Engine
+    from alexkit.train.plan import DataPlan
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 64)).astype("float32")
+    y = (x[:, 0] > 0).astype("int64") + (x[:, 1] > 0.5).astype("int64")
+
+    def make_train(epoch, steps):
+        ds = tf.data.Dataset.from_tensor_slices((x[:32], y[:32]))
+        return ds.shuffle(32, seed=1000 + epoch).batch(8).take(steps)
+
+    def make_val():
+        return tf.data.Dataset.from_tensor_slices((x[32:], y[32:])).batch(8)
+
+    def build_model():
+        seed = 7 if build is None else build
+        init = keras.initializers.GlorotUniform(seed=seed)
+        inputs = keras.Input((64,))
+        h = keras.layers.Dense(WIDTH, "relu", name="body1", kernel_initializer=init)(inputs)
+        h = keras.layers.Dense(WIDTH, "relu", name="body2", kernel_initializer=init)(h)
+        h = keras.layers.Dropout(0.5, seed=3, name="drop")(h)
+        h = keras.layers.Dense(8, "relu", name="fc7", kernel_initializer=init)(h)
+        outputs = keras.layers.Dense(3, "softmax", name="predictions", kernel_initializer=init)(h)
+        return keras.Model(inputs, outputs)
+
+    plan = DataPlan(None, None, ["a", "b", "c"], 0, 8, None, num_train=32)
+    seed_everything(0)
+    run = RunDir.prepare(tmp_path / out, resume=resume, force=False)
+    if not resume:
+        run.write_config({})
+    return Engine(
+        run=run, build_model=build_model, stages=stages, data=plan, make_train=make_train,
+        make_val=make_val, monitor="val_accuracy", metrics=["loss", "accuracy"],
+        class_weight=None, seed=0, steps_per_epoch=None, checkpoint_every=1, jit=False,
+        progress=progress, resume=resume, keep_checkpoints=keep,
+    )  # fmt: skip
+
+
+def _stages(*specs):
+    from alexkit.train.plan import StagePlan
+
+    return [StagePlan(name, epochs, trainable_from=tf, optimizer=opt, lr=0.01)
+            for name, epochs, tf, opt in specs]  # fmt: skip
+
+
+HEAD_ONLY = [("head", 3, None, "adam")]
+# Everything trains, then only fc7 and up: the second stage's frozen body is no longer
+# the starting weights, so it goes to a frozen-<digest>.npz file once.
+ALL_THEN_TOP = [("all", 1, "all", "sgd"), ("top", 2, "fc7", "adam")]
+
+
+def _rows(history):
+    return [{k: v for k, v in r.items() if k not in ("seconds", "img_per_s")} for r in history]
+
+
+def _interrupt_at(global_step):
+    def progress(event):
+        if event["event"] == "batch" and (event["epoch"] - 1) * 4 + event["step"] == global_step:
+            raise KeyboardInterrupt
+
+    return progress
+
+
+def _newest(out):
+    return sorted((out / "checkpoints").glob("ckpt-*"))[-1]
+
+
+def test_head_only_checkpoint_holds_the_head_and_resumes_to_the_same_history(tmp_path):
+    stages = _stages(*HEAD_ONLY)
+    reference = _engine(tmp_path, "ref", stages).run_all()
+
+    with pytest.raises(Interrupted):
+        _engine(tmp_path, "run", stages, progress=_interrupt_at(6)).run_all()
+    newest = _newest(tmp_path / "run")
+    layout = json.loads((newest / "layout.json").read_text())
+    assert layout["source"] == "initial"  # the frozen body is the starting weights
+    with np.load(newest / "model.npz") as saved:
+        stored = sum(saved[k].nbytes for k in saved.files)
+    # Stored: the head (kernel + bias) and the dropout RNG state, nothing else.
+    head = (8 * 3 + 3) * 4
+    assert head < stored <= head + 16
+    body = (64 * WIDTH + WIDTH + WIDTH * WIDTH + WIDTH) * 4
+    on_disk = sum(p.stat().st_size for p in newest.iterdir())
+    # npz headers aside: the head, Adam's two slots per head variable, the state.
+    assert on_disk < 3 * head + 8192 < body / 10
+    assert not list((tmp_path / "run" / "checkpoints").glob("frozen-*"))
+
+    resumed = _engine(tmp_path, "run", stages, resume=True).run_all()
+    assert _rows(resumed["history"]) == _rows(reference["history"])
+    assert resumed["best"] == reference["best"] and resumed["global_step"] == 12
+
+
+@pytest.mark.parametrize("where", [3, 6, 8], ids=["stage1", "stage2-mid", "stage2-end"])
+def test_frozen_set_changing_between_stages_resumes_exactly(tmp_path, where):
+    stages = _stages(*ALL_THEN_TOP)
+    reference = _engine(tmp_path, "ref", stages).run_all()
+
+    with pytest.raises(Interrupted):
+        _engine(tmp_path, "run", stages, progress=_interrupt_at(where)).run_all()
+    checkpoints = tmp_path / "run" / "checkpoints"
+    newest = _newest(tmp_path / "run")
+    if where <= 4:  # stage 1 trains everything: complete checkpoints
+        assert not (newest / "layout.json").exists()
+    else:
+        layout = json.loads((newest / "layout.json").read_text())
+        assert layout["source"].startswith("frozen-")
+        assert [p.name for p in checkpoints.glob("frozen-*")] == [layout["source"]]
+
+    resumed = _engine(tmp_path, "run", stages, resume=True).run_all()
+    assert _rows(resumed["history"]) == _rows(reference["history"])
+    assert resumed["best"] == reference["best"] and resumed["global_step"] == 12
+
+
+def test_checkpoints_written_before_lean_ones_still_resume(tmp_path, monkeypatch):
+    from alexkit.train.policies import Checkpoints
+
+    stages = _stages(*HEAD_ONLY)
+    reference = _engine(tmp_path, "ref", stages).run_all()
+    with monkeypatch.context() as patch:  # the old writer: every variable, no layout
+        patch.setattr(Checkpoints, "start_stage", lambda self, model: None)
+        with pytest.raises(Interrupted):
+            _engine(tmp_path, "run", stages, progress=_interrupt_at(5)).run_all()
+    assert not (_newest(tmp_path / "run") / "layout.json").exists()
+    resumed = _engine(tmp_path, "run", stages, resume=True).run_all()
+    assert _rows(resumed["history"]) == _rows(reference["history"])
+
+
+def test_resume_refuses_other_starting_weights_under_a_lean_checkpoint(tmp_path):
+    stages = _stages(*HEAD_ONLY)
+    with pytest.raises(Interrupted):
+        _engine(tmp_path, "run", stages, progress=_interrupt_at(2)).run_all()
+    with pytest.raises(CheckpointError, match="starting weights"):
+        _engine(tmp_path, "run", stages, resume=True, build=8).run_all()
+
+
+@pytest.mark.parametrize("keep", [0, 1, 3])
+def test_keep_checkpoints(tmp_path, keep):
+    engine = _engine(tmp_path, "run", _stages(*ALL_THEN_TOP), keep=keep)
+    engine.run_all()
+    checkpoints = tmp_path / "run" / "checkpoints"
+    if keep == 0:
+        assert not checkpoints.exists()
+        return
+    kept = sorted(p.name for p in checkpoints.glob("ckpt-*"))
+    assert kept == [f"ckpt-{s:09d}" for s in range(13 - keep, 13)]
+    # The frozen file of stage 2 stays while a kept checkpoint refers to it.
+    assert len(list(checkpoints.glob("frozen-*"))) == 1
