@@ -64,7 +64,11 @@ def _value_and_grad(fn, x, weights):
 # 7: fewer channels than a window; 96 and 256: lrn1 and lrn2 (256 runs blocked, with halos);
 # 160: blocked with 5 blocks; 130: >= 128 channels but no block size divides it.
 @pytest.mark.parametrize("channels", [7, 96, 130, 160, 256])
-@pytest.mark.parametrize("radius,bias,alpha,beta", [(2, 2.0, 1e-4, 0.75), (3, 1.0, 1e-3, 0.6)])
+@pytest.mark.parametrize(
+    "radius,bias,alpha,beta",
+    # The paper's; then each other exponent path (pow, rsqrt, reciprocal).
+    [(2, 2.0, 1e-4, 0.75), (3, 1.0, 1e-3, 0.6), (1, 1.0, 1e-3, 0.5), (2, 1.5, 2e-4, 1.0)],
+)
 def test_lrn_value_and_gradient_equal_tf_in_float32(channels, radius, bias, alpha, beta):
     rng = np.random.default_rng(channels)
     x = (rng.standard_normal((2, 3, 3, channels)) * 60).astype("float32")
