@@ -91,10 +91,7 @@ def spread_head(model, images: np.ndarray) -> None:
     head.set_weights([kernel.astype("float32"), bias.astype("float32")])
 
 
-def run_variant(variant: str, root: Path, args) -> dict:
-    import keras
-
-    from alexkit.export import export_model, load_exported
+def build(variant: str):
     from alexkit.model import build_alexnet
 
     model = build_alexnet(variant, seed=0, kernel_init="he")
@@ -103,38 +100,71 @@ def run_variant(variant: str, root: Path, args) -> dict:
     spread_head(model, rng.uniform(0, 255, (8, size, size, 3)).astype("float32"))
     single = rng.uniform(0, 255, (1, size, size, 3)).astype("float32")
     batch = rng.uniform(0, 255, (32, size, size, 3)).astype("float32")
-    out: dict = {"image_size": size, "params": int(model.count_params()), "exports": []}
-    out["keras"] = measure(lambda x: np.asarray(model.predict_on_batch(x)), single, batch, args)
-    keras_file = root / f"{variant}.keras"
-    model.save(keras_file)
-    out["keras"]["size_mb"] = round(keras_file.stat().st_size / 1e6, 1)
+    return model, single, batch
 
-    for fmt, quantize in EXPORTS:
-        target = root / f"{variant}-{fmt}-{quantize}"
-        start = time.perf_counter()
-        result = export_model(model, fmt, target, quantize=quantize)
-        entry = {
-            "format": fmt,
-            "quantize": quantize,
-            "size_mb": round(result.size_bytes / 1e6, 1),
-            "export_s": round(time.perf_counter() - start, 1),
-            "parity_max_abs_diff": result.parity["max_abs_diff"],
-            "parity_top1_agreement": result.parity["top1_agreement"],
-            "parity_claimed": result.parity["claimed"],
+
+def run_job(job: str, root: Path, args) -> dict:
+    """One measurement in this process: ``variant:keras`` or ``variant:format:quantize``."""
+    from alexkit.export import export_model, load_exported
+
+    variant, *what = job.split(":")
+    model, single, batch = build(variant)
+    if what == ["keras"]:
+        keras_file = root / f"{variant}.keras"
+        model.save(keras_file)
+        out = measure(lambda x: np.asarray(model.predict_on_batch(x)), single, batch, args)
+        return {
+            "image_size": int(model.input_shape[1]),
+            "params": int(model.count_params()),
+            **out,
+            "size_mb": round(keras_file.stat().st_size / 1e6, 1),
         }
+    fmt, quantize = what
+    start = time.perf_counter()
+    result = export_model(model, fmt, root / f"{variant}-{fmt}-{quantize}", quantize=quantize)
+    entry = {
+        "format": fmt,
+        "quantize": quantize,
+        "size_mb": round(result.size_bytes / 1e6, 1),
+        "export_s": round(time.perf_counter() - start, 1),
+        "parity_max_abs_diff": result.parity["max_abs_diff"],
+        "parity_top1_agreement": result.parity["top1_agreement"],
+        "parity_claimed": result.parity["claimed"],
+    }
+    if fmt != "savedmodel":
+        loaded = load_exported(result.path, threads=args.threads)
+        entry.update(measure(loaded.predict_on_batch, single, batch, args))
+    return entry
+
+
+def run_variant(variant: str, args) -> dict:
+    """Each measurement in a fresh process: TensorFlow keeps every frozen graph a
+    conversion makes (~1-3 GB per AlexNet ONNX conversion), which adds up."""
+    import subprocess
+
+    def job(spec: str) -> dict:
+        cmd = [sys.executable, __file__, "--job", spec, "--threads", str(args.threads)]
+        cmd += ["--single-runs", str(args.single_runs), "--batch-runs", str(args.batch_runs)]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"{spec} failed ({done.returncode}): {done.stderr[-2000:]}")
+        entry = json.loads(done.stdout.strip().splitlines()[-1])
+        print(json.dumps({variant: entry}), flush=True, file=sys.stderr)
+        return entry
+
+    out = job(f"{variant}:keras")
+    out = {"image_size": out.pop("image_size"), "params": out.pop("params"), "keras": out}
+    out["exports"] = []
+    for fmt, quantize in EXPORTS:
+        entry = job(f"{variant}:{fmt}:{quantize}")
         if fmt != "savedmodel":
-            loaded = load_exported(result.path, threads=args.threads)
-            entry.update(measure(loaded.predict_on_batch, single, batch, args))
             entry["single_p50_vs_keras"] = round(
                 out["keras"]["single_p50_ms"] / entry["single_p50_ms"], 2
             )
             entry["batch32_vs_keras"] = round(
                 entry["batch32_images_per_s"] / out["keras"]["batch32_images_per_s"], 2
             )
-            del loaded
         out["exports"].append(entry)
-        print(json.dumps({variant: entry}), flush=True, file=sys.stderr)
-    keras.backend.clear_session()
     return out
 
 
@@ -144,7 +174,12 @@ def main() -> None:
     parser.add_argument("--single-runs", type=int, default=30)
     parser.add_argument("--batch-runs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--job", help=argparse.SUPPRESS)  # one measurement, for run_variant
     args = parser.parse_args()
+    if args.job:
+        with tempfile.TemporaryDirectory() as tmp:
+            print(json.dumps(run_job(args.job, Path(tmp), args)))
+        return
 
     import keras
     import tensorflow as tf
@@ -161,9 +196,8 @@ def main() -> None:
         "tensorflow_threads": tf.config.threading.get_intra_op_parallelism_threads() or "auto",
         "variants": {},
     }
-    with tempfile.TemporaryDirectory() as tmp:
-        for variant in args.variants.split(","):
-            report["variants"][variant] = run_variant(variant, Path(tmp), args)
+    for variant in args.variants.split(","):
+        report["variants"][variant] = run_variant(variant, args)
     report["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     print(json.dumps(report, indent=2))
 
