@@ -170,6 +170,7 @@ def run_demo(
     seed: int = 0,
     progress: ProgressFn | None = None,
     train_progress: Callable[[dict[str, Any]], None] | None = None,
+    keep_checkpoints: int = 0,
 ) -> DemoResult:
     """Run the demo end to end and write everything under ``out``.
 
@@ -180,6 +181,9 @@ def run_demo(
         seed: seed of the data choice and of every training run.
         progress: called with a one-line message at each step.
         train_progress: the training event callback passed to pretrain/finetune.
+        keep_checkpoints: checkpoints each training run keeps. 0 (the default) writes
+            none and leaves only what a person looks at: the models, reports, features
+            and histories (the demo has no ``--resume``: a crash means running it again).
 
     Returns:
         A :class:`DemoResult`.
@@ -187,6 +191,21 @@ def run_demo(
     Raises:
         CheckpointError: ``out`` exists and is not empty (without ``force``).
     """
+    from alexkit.train.common import keep_checkpoints as retention
+
+    with retention(keep_checkpoints):
+        return _run_demo(out, quick, force, seed, progress, train_progress, keep_checkpoints)
+
+
+def _run_demo(
+    out: str | Path,
+    quick: bool,
+    force: bool,
+    seed: int,
+    progress: ProgressFn | None,
+    train_progress: Callable[[dict[str, Any]], None] | None,
+    keep_checkpoints: int,
+) -> DemoResult:
     from alexkit import datasets
 
     t0 = time.perf_counter()
@@ -215,6 +234,11 @@ def run_demo(
         if approach == "transfer":
             _say(progress, "Extracting fc7 features of the test images to CSV")
             artefacts["fc7 features"] = _extract_fc7(model, test_spec, config, out, size)
+    if keep_checkpoints == 0:
+        # Intermediates nobody opens: the untrained init and pretraining's last epoch
+        # (its best model stays). ~230 MB each.
+        starts["scratch"].unlink(missing_ok=True)
+        (out / "pretrain" / "last.keras").unlink(missing_ok=True)
 
     result = DemoResult(out=out, rows=rows, artefacts=artefacts, quick=quick)
     result.seconds = time.perf_counter() - t0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,15 @@ class LiveView:
             self.console.print(f"registered weights as '{event['name']}'", highlight=False)
 
 
+def _retention(keep: int | None) -> Any:
+    """``--keep-checkpoints``: the runs started inside keep that many (None: the default)."""
+    if keep is None:
+        return contextlib.nullcontext()
+    from alexkit.train.common import keep_checkpoints
+
+    return keep_checkpoints(keep)
+
+
 def _summary(result: Any, as_json: bool, started: float) -> None:
     if as_json:
         data = result.to_dict()
@@ -138,6 +148,8 @@ def _summary(result: Any, as_json: bool, started: float) -> None:
     if getattr(result, "worker", None):
         table.add_row("worker", f"{result.worker} (worker 0, the chief, writes the run directory)")
     table.add_row("epochs", str(len(result.history)))
+    if getattr(result, "run_dir_bytes", None) is not None:
+        table.add_row("run directory size", f"{result.run_dir_bytes / 1e6:.1f} MB")
     table.add_row("time", f"{time.perf_counter() - started:.1f} s")
     out_console().print(table)
 
@@ -185,6 +197,13 @@ def register(app: typer.Typer) -> None:
         checkpoint_every: int | None = typer.Option(
             None, "--checkpoint-every", help="Also checkpoint every N steps."
         ),
+        keep_checkpoints: int | None = typer.Option(
+            None,
+            "--keep-checkpoints",
+            min=0,
+            help="Checkpoints kept, newest first (default 2); 0 writes none (Ctrl-C still "
+            "saves one) and leaves none at the end.",
+        ),
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
         force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON only."),
@@ -201,7 +220,7 @@ def register(app: typer.Typer) -> None:
         from alexkit.train import finetune
 
         started = time.perf_counter()
-        with LiveView(enabled=not quiet) as view:
+        with LiveView(enabled=not quiet) as view, _retention(keep_checkpoints):
             result = finetune(
                 recipe,
                 data,
@@ -265,6 +284,13 @@ def register(app: typer.Typer) -> None:
         checkpoint_every: int | None = typer.Option(
             None, "--checkpoint-every", help="Checkpoint every N steps (default 1000)."
         ),
+        keep_checkpoints: int | None = typer.Option(
+            None,
+            "--keep-checkpoints",
+            min=0,
+            help="Checkpoints kept, newest first (default 2); 0 writes none (Ctrl-C still "
+            "saves one) and leaves none at the end.",
+        ),
         name: str | None = typer.Option(
             None, "--name", help="Weights-store entry name for the final model."
         ),
@@ -289,7 +315,7 @@ def register(app: typer.Typer) -> None:
         from alexkit.train import pretrain
 
         started = time.perf_counter()
-        with LiveView(enabled=not quiet) as view:
+        with LiveView(enabled=not quiet) as view, _retention(keep_checkpoints):
             result = pretrain(
                 data,
                 val=val,

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import hashlib
 import json
 import logging
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,7 @@ class RunResult:
         worker: under ``--distribute multiworker``, this process's worker index; only
             worker 0 (the chief) writes the run directory, the others train in a
             scratch directory that is removed at the end (None otherwise).
+        run_dir_bytes: size of the run directory when the run ended (bytes).
     """
 
     run_dir: Path
@@ -57,6 +60,7 @@ class RunResult:
     first_batch_loss: float | None = None
     weights_name: str | None = None
     worker: int | None = None
+    run_dir_bytes: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able summary."""
@@ -68,6 +72,31 @@ class RunResult:
                 k: v for k, v in self.metrics.items() if k not in ("confusion_matrix_normalized",)
             }
         return out
+
+
+# Checkpoints kept by runs that do not say (Engine(keep_checkpoints=None)).
+_KEEP_CHECKPOINTS: contextvars.ContextVar[int] = contextvars.ContextVar(
+    "alexkit_keep_checkpoints", default=2
+)
+
+
+def default_keep_checkpoints() -> int:
+    """How many checkpoints a run keeps when not told (2, or :func:`keep_checkpoints`'s)."""
+    return _KEEP_CHECKPOINTS.get()
+
+
+@contextlib.contextmanager
+def keep_checkpoints(count: int) -> Iterator[None]:
+    """Within the block, runs not told otherwise keep ``count`` checkpoints.
+
+    ``alexkit demo`` trains through :func:`~alexkit.train.pretrain` and
+    :func:`~alexkit.train.finetune` with ``0`` (no checkpoints: it has no ``--resume``).
+    """
+    token = _KEEP_CHECKPOINTS.set(int(count))
+    try:
+        yield
+    finally:
+        _KEEP_CHECKPOINTS.reset(token)
 
 
 def emit(progress: ProgressFn | None, event: str, **payload: Any) -> None:

@@ -33,8 +33,8 @@ import numpy as np
 from alexkit.errors import DataError, Interrupted, RecipeError, UsageError
 from alexkit.inference import predict_batches
 from alexkit.metrics import compute_val_metrics
-from alexkit.runs import RunDir
-from alexkit.train.common import ProgressFn, RunResult, emit
+from alexkit.runs import RunDir, directory_bytes
+from alexkit.train.common import ProgressFn, RunResult, default_keep_checkpoints, emit
 from alexkit.train.plan import DataPlan, StagePlan
 from alexkit.train.policies import (
     BestModel,
@@ -101,8 +101,13 @@ class Engine:
         save_last: also save ``last.keras`` at the end.
         restore_dir: resume from these checkpoints instead of the run's own.
         writes: False on non-chief workers (no checkpoints or models).
-        keep_checkpoints: checkpoints kept (the newest); 0 keeps 2 while training and
-            removes them when the run ends.
+        keep_checkpoints: checkpoints kept (the newest); 0 writes none (Ctrl-C still
+            saves one for ``--resume``) and leaves none when the run ends. None: 2, or
+            what :func:`alexkit.train.common.keep_checkpoints` set.
+        start_weights_on_resume: ``build_model`` gives the run's starting weights on
+            resume too (it loads the same weights file): frozen layers that still hold
+            them are then referenced by digest (checked on resume) instead of written
+            once per stage to ``checkpoints/frozen-<digest>.npz``.
     """
 
     def __init__(
@@ -127,7 +132,8 @@ class Engine:
         save_last: bool = False,
         restore_dir: Path | None = None,
         writes: bool = True,
-        keep_checkpoints: int = 2,
+        keep_checkpoints: int | None = None,
+        start_weights_on_resume: bool = False,
     ):
         self.run = run
         self.build_model = build_model
@@ -145,6 +151,7 @@ class Engine:
         self.strategy = strategy
         self.resume = resume
         self.save_last = save_last
+        self.start_weights_on_resume = start_weights_on_resume
         self.feed = self._replica_feed()
         self.checkpoints = Checkpoints(
             run,
@@ -152,9 +159,18 @@ class Engine:
             writes=writes,
             restore_dir=restore_dir,
             progress=progress,
-            keep=keep_checkpoints,
+            keep=default_keep_checkpoints() if keep_checkpoints is None else keep_checkpoints,
         )
-        self.best = BestModel(monitor, lambda m: self.checkpoints.save_model(m, run.model_path))
+        # Without checkpoints (keep 0) a crash restarts the run, so the best model need
+        # not be on disk while training: it is kept in memory and written once at the end
+        # (and on Ctrl-C). Otherwise model.keras is rewritten at every improvement.
+        self.defer_best = self.checkpoints.keep == 0
+        self.best = BestModel(
+            monitor,
+            (lambda m: None)
+            if self.defer_best
+            else (lambda m: self.checkpoints.save_model(m, run.model_path)),
+        )
         self.early = EarlyStop()
         self.schedule = Schedule()
         self.log = HistoryLog(run)
@@ -228,7 +244,7 @@ class Engine:
         """Train every stage to the end; return the final loop state (``snapshot()``)."""
         with self._scope():
             self.model = self.build_model()
-        if any(s.trainable_from != "all" for s in self.stages):
+        if self.start_weights_on_resume and any(s.trainable_from != "all" for s in self.stages):
             # Frozen layers that keep the starting weights are left out of checkpoints.
             self.checkpoints.note_initial(self.model)
         restored = self._restore() if self.resume else None
@@ -257,6 +273,7 @@ class Engine:
                 self._next_stage()
             if self.save_last:
                 self.checkpoints.save_model(self.model, self.run.last_model_path)
+            self._save_deferred_best()
             self.checkpoints.finish()
         except KeyboardInterrupt:
             self._interrupted()
@@ -303,6 +320,17 @@ class Engine:
             trainable_params=int(sum(np.prod(v.shape) for v in self.model.trainable_variables)),
         )
 
+    def _save_deferred_best(self) -> None:
+        """Write ``model.keras`` from the best weights kept in memory (keep 0 only)."""
+        if not self.defer_best or self.best.weights is None:
+            return
+        current = [np.array(v.numpy()) for v in self.model.weights]
+        self.model.set_weights(self.best.weights)
+        try:
+            self.checkpoints.save_model(self.model, self.run.model_path)
+        finally:
+            self.model.set_weights(current)
+
     def _next_stage(self) -> None:
         self.position["stage"] += 1
         self.position["stage_epoch"] = 0
@@ -337,7 +365,8 @@ class Engine:
     def _interrupted(self) -> None:
         if self.model is None or getattr(self.model, "optimizer", None) is None:
             raise Interrupted("interrupted before training started; nothing was saved.") from None
-        path = self.checkpoints.save(self.model, self.snapshot())
+        path = self.checkpoints.save(self.model, self.snapshot(), interrupted=True)
+        self._save_deferred_best()
         self.log.write_history(self.position["history"])
         writes = self.checkpoints.writes
         saved = f"state saved to {path}" if writes else "the chief saves the state"
@@ -605,4 +634,5 @@ def run_result(
         seconds=time.perf_counter() - t0,
         first_batch_loss=None if resumed else engine.first_batch_loss,
         weights_name=weights_name,
+        run_dir_bytes=directory_bytes(run.path),
     )

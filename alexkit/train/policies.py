@@ -170,8 +170,9 @@ class Checkpoints:
         restore_dir: where to resume from when not ``run``'s own checkpoints (a worker
             resumes from the chief's).
         progress: event callback.
-        keep: how many checkpoints to keep (newest first); 0 keeps 2 while training and
-            removes them all when the run ends (:meth:`finish`).
+        keep: how many checkpoints to keep (the newest). 0 writes none while training
+            (a crash cannot be resumed; Ctrl-C still saves one for ``--resume``) and
+            removes the checkpoints folder when the run ends (:meth:`finish`).
     """
 
     def __init__(
@@ -209,7 +210,7 @@ class Checkpoints:
         """Decide what the stage's checkpoints leave out: the variables of frozen layers.
 
         Frozen variables equal to the starting weights are referenced by digest; others
-        are written once to ``frozen-<digest>.npz`` (before any checkpoint refers to it).
+        are written once to ``frozen-<digest>.npz`` (by the first checkpoint that needs it).
         """
         variables = list(model.variables)
         frozen_ids = frozen_variable_ids(model)
@@ -224,8 +225,6 @@ class Checkpoints:
             source = "initial"
         else:
             source = f"{FROZEN_PREFIX}{array_digest(np.array(digests))}.npz"
-            if self.writes:
-                self.manager.save_frozen(source, arrays)
         self.layout = {
             "version": 1,
             "variables": len(variables),
@@ -234,9 +233,12 @@ class Checkpoints:
             "digests": digests,
         }
 
-    def save(self, model: Any, state: dict[str, Any]) -> Path:
-        """Write a checkpoint of ``model``, its optimizer and ``state``; return its folder."""
-        if not self.writes:
+    def save(self, model: Any, state: dict[str, Any], *, interrupted: bool = False) -> Path:
+        """Write a checkpoint of ``model``, its optimizer and ``state``; return its folder.
+
+        With ``keep=0`` only an ``interrupted`` run writes one.
+        """
+        if not self.writes or (self.keep == 0 and not interrupted):
             return self.restore_from.directory
         state = dict(state)
         variables = list(model.variables)
@@ -244,6 +246,10 @@ class Checkpoints:
         if layout is not None and layout["variables"] != len(variables):
             layout = None  # the model changed shape since the stage began: save it whole
         skip = set(layout["frozen"]) if layout else set()
+        if layout and layout["source"] != "initial":
+            # Written once per stage, before the first checkpoint that refers to it.
+            frozen = [np.asarray(variables[i].numpy()) for i in layout["frozen"]]
+            self.manager.save_frozen(layout["source"], frozen)
         model_arrays = [np.asarray(v.numpy()) for i, v in enumerate(variables) if i not in skip]
         optimizer_variables = list(model.optimizer.variables)
         optimizer_arrays = [np.asarray(v.numpy()) for v in optimizer_variables]

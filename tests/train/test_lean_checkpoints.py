@@ -16,7 +16,7 @@ from alexkit.errors import CheckpointError, Interrupted
 WIDTH = 256  # body1 has 64*256 + 256 weights, body2 256*256 + 256: the bulk of the net
 
 
-def _engine(tmp_path, out, stages, *, resume=False, progress=None, keep=2, build=None):
+def _engine(tmp_path, out, stages, *, resume=False, progress=None, keep=2, build=None, start=True):
     import keras
     import tensorflow as tf
 
@@ -56,7 +56,7 @@ def _engine(tmp_path, out, stages, *, resume=False, progress=None, keep=2, build
         run=run, build_model=build_model, stages=stages, data=plan, make_train=make_train,
         make_val=make_val, monitor="val_accuracy", metrics=["loss", "accuracy"],
         class_weight=None, seed=0, steps_per_epoch=None, checkpoint_every=1, jit=False,
-        progress=progress, resume=resume, keep_checkpoints=keep,
+        progress=progress, resume=resume, keep_checkpoints=keep, start_weights_on_resume=start,
     )  # fmt: skip
 
 
@@ -157,15 +157,58 @@ def test_resume_refuses_other_starting_weights_under_a_lean_checkpoint(tmp_path)
         _engine(tmp_path, "run", stages, resume=True, build=8).run_all()
 
 
-@pytest.mark.parametrize("keep", [0, 1, 3])
+def test_keep_zero_writes_no_checkpoint_but_ctrl_c_still_saves_one(tmp_path):
+    stages = _stages(*ALL_THEN_TOP)
+    reference = _engine(tmp_path, "ref", stages, keep=0).run_all()
+    assert not (tmp_path / "ref" / "checkpoints").exists()
+    # model.keras, written once at the end, is the best epoch's model: the very one a
+    # run with checkpoints (which rewrites it at every improvement) leaves.
+    import keras
+
+    with_checkpoints = _engine(tmp_path, "ref2", stages, keep=2).run_all()
+    assert with_checkpoints["best"] == reference["best"]
+    ours = keras.saving.load_model(tmp_path / "ref" / "model.keras", compile=False)
+    theirs = keras.saving.load_model(tmp_path / "ref2" / "model.keras", compile=False)
+    for a, b in zip(ours.get_weights(), theirs.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+    with pytest.raises(Interrupted):
+        _engine(tmp_path, "run", stages, progress=_interrupt_at(6), keep=0).run_all()
+    newest = _newest(tmp_path / "run")
+    assert newest.name == "ckpt-000000006"
+    source = json.loads((newest / "layout.json").read_text())["source"]
+    assert (tmp_path / "run" / "checkpoints" / source).is_file()  # written when needed
+    resumed = _engine(tmp_path, "run", stages, resume=True, keep=0).run_all()
+    assert _rows(resumed["history"]) == _rows(reference["history"])
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("keep", [1, 3])
 def test_keep_checkpoints(tmp_path, keep):
     engine = _engine(tmp_path, "run", _stages(*ALL_THEN_TOP), keep=keep)
     engine.run_all()
     checkpoints = tmp_path / "run" / "checkpoints"
-    if keep == 0:
-        assert not checkpoints.exists()
-        return
     kept = sorted(p.name for p in checkpoints.glob("ckpt-*"))
     assert kept == [f"ckpt-{s:09d}" for s in range(13 - keep, 13)]
     # The frozen file of stage 2 stays while a kept checkpoint refers to it.
     assert len(list(checkpoints.glob("frozen-*"))) == 1
+
+
+def test_without_start_weights_on_resume_frozen_layers_are_written_once(tmp_path):
+    """A model built without its starting weights on resume: the frozen body goes to disk."""
+    stages = _stages(*HEAD_ONLY)
+    reference = _engine(tmp_path, "ref", stages, start=False).run_all()
+    with pytest.raises(Interrupted):
+        _engine(tmp_path, "run", stages, progress=_interrupt_at(6), start=False).run_all()
+    checkpoints = tmp_path / "run" / "checkpoints"
+    frozen = list(checkpoints.glob("frozen-*"))
+    assert len(frozen) == 1
+    assert json.loads((_newest(tmp_path / "run") / "layout.json").read_text())["source"] == (
+        frozen[0].name
+    )
+    # The body once, not in every checkpoint.
+    for ckpt in checkpoints.glob("ckpt-*"):
+        assert (ckpt / "model.npz").stat().st_size < frozen[0].stat().st_size / 100
+    # Resumed from a model built with other weights: the frozen file puts the body back.
+    resumed = _engine(tmp_path, "run", stages, resume=True, build=8, start=False).run_all()
+    assert _rows(resumed["history"]) == _rows(reference["history"])
