@@ -10,8 +10,9 @@ the input, reduced to a scalar so that no 74 MB tensor is copied out of the grap
 the window sum as one dense C×C banded matmul, float32 throughout (casts in and out under
 bfloat16), gradient by automatic differentiation. ``new`` is
 ``alexkit.layers.LocalResponseNormalization``. Rows report the minimum and median of
-``--reps`` timed runs after one warm-up; on a shared machine the minimum is the least
-disturbed, and ``speedup`` (old / new, minima of the same run) is the number to compare.
+``--reps`` timed runs after one warm-up, old and new alternating; on a shared machine the
+minimum is the least disturbed, and ``speedup`` (old / new, same run) is the number to
+compare.
 
 Usage::
 
@@ -47,8 +48,14 @@ def old_lrn(x, radius: int = 2, bias: float = 2.0, alpha: float = 1e-4):
     return ops.cast(xf * (root * ops.sqrt(root)), x.dtype)
 
 
-def time_fwd_bwd(fn, shape: tuple[int, ...], dtype: str, reps: int, xla: bool = False) -> dict:
-    """Min/median ms of forward + backward of ``fn`` on a random NHWC tensor."""
+def time_fwd_bwd(
+    fns: dict, shape: tuple[int, ...], dtype: str, reps: int, xla: bool = False
+) -> dict[str, dict]:
+    """Min/median ms of forward + backward of each of ``fns`` on one random NHWC tensor.
+
+    The timed runs alternate between the functions (old, new, new, old, ...), so a change
+    in the machine's load hits all of them alike.
+    """
     import tensorflow as tf
 
     rng = np.random.default_rng(0)
@@ -56,22 +63,30 @@ def time_fwd_bwd(fn, shape: tuple[int, ...], dtype: str, reps: int, xla: bool = 
     x = tf.cast(tf.constant(rng.uniform(0, 60, shape).astype("float32")), dtype)
     w = tf.cast(tf.constant(rng.standard_normal(shape).astype("float32")), dtype)
 
-    @tf.function(jit_compile=xla)
-    def step(x):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            loss = tf.reduce_sum(tf.cast(fn(x) * w, "float32"))
-        return tf.reduce_sum(tf.cast(tape.gradient(loss, x), "float32"))
+    def make_step(fn):
+        @tf.function(jit_compile=xla)
+        def step(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                loss = tf.reduce_sum(tf.cast(fn(x) * w, "float32"))
+            return tf.reduce_sum(tf.cast(tape.gradient(loss, x), "float32"))
 
-    step(x).numpy()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
         step(x).numpy()
-        times.append(time.perf_counter() - start)
+        return step
+
+    steps = {name: make_step(fn) for name, fn in fns.items()}
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for i in range(reps):
+        for name in list(steps)[:: 1 if i % 2 == 0 else -1]:
+            start = time.perf_counter()
+            steps[name](x).numpy()
+            times[name].append(time.perf_counter() - start)
     return {
-        "ms_min": round(min(times) * 1e3, 1),
-        "ms_median": round(statistics.median(times) * 1e3, 1),
+        name: {
+            "ms_min": round(min(t) * 1e3, 1),
+            "ms_median": round(statistics.median(t) * 1e3, 1),
+        }
+        for name, t in times.items()
     }
 
 
@@ -105,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
             layer = LocalResponseNormalization(dtype=policy)
             layer.build(shape)
             for xla in xla_modes:
-                old = time_fwd_bwd(old_lrn, shape, dtype, args.reps, xla)
-                new = time_fwd_bwd(layer, shape, dtype, args.reps, xla)
+                timed = time_fwd_bwd({"old": old_lrn, "new": layer}, shape, dtype, args.reps, xla)
+                old, new = timed["old"], timed["new"]
                 rows.append(
                     {
                         "shape": "x".join(map(str, shape)),
