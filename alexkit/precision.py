@@ -12,6 +12,9 @@ can run before the backend is chosen.
 Example:
     >>> policy = resolve_precision("auto")          # "mixed_bfloat16" or "float32"
     >>> keras.mixed_precision.set_dtype_policy(policy)
+    >>> choice = choose_precision("auto")           # the same, with the reason to show
+    >>> choice.policy, choice.reason
+    ('mixed_bfloat16', 'auto: CPU AMD EPYC has avx512_bf16')
 """
 
 from __future__ import annotations
@@ -173,3 +176,40 @@ def resolve_precision(
         return "mixed_bfloat16" if min(caps) >= BF16_GPU_CAPABILITY else "float32"
     info = read_cpu_info() if cpu is None else cpu
     return "mixed_bfloat16" if info.bfloat16 else "float32"
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """A resolved precision and why: what a command prints and saves in its run config."""
+
+    requested: str
+    policy: str
+    reason: str
+
+    def as_dict(self) -> dict:
+        return {"requested": self.requested, "policy": self.policy, "reason": self.reason}
+
+
+def choose_precision(
+    requested: str = "auto",
+    *,
+    cpu: CpuInfo | None = None,
+    gpu_capabilities: list[tuple[int, int]] | None = None,
+) -> PrecisionChoice:
+    """:func:`resolve_precision` with a one-line reason (e.g. ``auto: CPU X has amx_bf16``).
+
+    Raises:
+        UsageError: an unknown precision name.
+    """
+    caps = gpu_compute_capabilities() if gpu_capabilities is None else gpu_capabilities
+    info = read_cpu_info() if cpu is None else cpu
+    policy = resolve_precision(requested, cpu=info, gpu_capabilities=caps)
+    if str(requested).strip().lower() != "auto":
+        return PrecisionChoice(str(requested), policy, "asked for")
+    if caps:
+        listed = ", ".join(f"{major}.{minor}" for major, minor in caps)
+        verdict = "all >= 8.0" if policy != "float32" else "below 8.0: no native bfloat16"
+        return PrecisionChoice("auto", policy, f"auto: GPU compute capability {listed} ({verdict})")
+    found = [flag for flag in BF16_CPU_FLAGS if flag in info.flags]
+    why = f"has {' and '.join(found)}" if found else "has neither amx_bf16 nor avx512_bf16"
+    return PrecisionChoice("auto", policy, f"auto: CPU {info.model_name} {why}")

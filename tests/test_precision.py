@@ -9,7 +9,13 @@ import pytest
 
 from alexkit import precision
 from alexkit.errors import UsageError
-from alexkit.precision import CpuInfo, parse_cpuinfo, read_cpu_info, resolve_precision
+from alexkit.precision import (
+    CpuInfo,
+    choose_precision,
+    parse_cpuinfo,
+    read_cpu_info,
+    resolve_precision,
+)
 
 # Trimmed /proc/cpuinfo texts of the kinds of machine this decides between.
 XEON_AMX = """processor\t: 0
@@ -139,3 +145,27 @@ def test_resolving_imports_neither_tensorflow_nor_keras():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_choice_says_why():
+    amx = choose_precision("auto", cpu=parse_cpuinfo(XEON_AMX), gpu_capabilities=[])
+    assert amx.policy == "mixed_bfloat16"
+    assert amx.reason == (
+        "auto: CPU Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz has amx_bf16 and avx512_bf16"
+    )
+    plain = choose_precision("auto", cpu=parse_cpuinfo(SKYLAKE), gpu_capabilities=[])
+    assert (plain.policy, plain.reason.endswith("has neither amx_bf16 nor avx512_bf16")) == (
+        "float32",
+        True,
+    )
+    t4 = choose_precision("auto", cpu=parse_cpuinfo(XEON_AMX), gpu_capabilities=[(7, 5)])
+    assert (t4.policy, t4.reason) == (
+        "float32",
+        "auto: GPU compute capability 7.5 (below 8.0: no native bfloat16)",
+    )
+    asked = choose_precision("bf16", cpu=parse_cpuinfo(SKYLAKE), gpu_capabilities=[])
+    assert asked.as_dict() == {
+        "requested": "bf16",
+        "policy": "mixed_bfloat16",
+        "reason": "asked for",
+    }
