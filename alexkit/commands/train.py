@@ -113,6 +113,8 @@ class LiveView:
             )
         elif kind == "registered":
             self.console.print(f"registered weights as '{event['name']}'", highlight=False)
+        elif kind == "precision":
+            self.console.print(f"precision {event['policy']} ({event['reason']})", highlight=False)
 
 
 def _retention(keep: int | None) -> Any:
@@ -270,7 +272,10 @@ def register(app: typer.Typer) -> None:
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
         force: bool = typer.Option(False, "--force", help="Overwrite --out / the store entry."),
         precision: str | None = typer.Option(
-            None, "--precision", help="float32 (default) | mixed_float16 | mixed_bfloat16."
+            None,
+            "--precision",
+            help="float32 (default) | mixed_bfloat16 | mixed_float16 | auto (bfloat16 where "
+            "the CPU/GPU has it natively).",
         ),
         jit: bool | None = typer.Option(
             None, "--jit/--no-jit", help="XLA-compile the train step (default: Keras auto)."

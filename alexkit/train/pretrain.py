@@ -107,7 +107,9 @@ def pretrain(
         schedule: ``"plateau"`` (default, paper) or ``"step"``.
         out: run directory (default ``runs/pretrain-<time>``).
         resume: continue from the newest complete checkpoint.
-        precision: ``"float32"`` (default), ``"mixed_float16"`` or ``"mixed_bfloat16"``.
+        precision: ``"float32"`` (default), ``"mixed_float16"``, ``"mixed_bfloat16"``
+            (``fp32``/``bf16``/``fp16`` too), or ``"auto"``: bfloat16 where the CPU has AMX
+            or AVX512-BF16 or every GPU has compute capability >= 8.0, else float32.
         jit: XLA-compile the train step (None: Keras' "auto").
         distribute: ``"none"`` (default), ``"mirrored"`` or ``"multiworker"``.
         steps_per_epoch: batches per epoch (default: one pass over the data).
@@ -144,6 +146,14 @@ def pretrain(
         "name": name,
     }
     args = merge_saved_args(out_path, resume, args)
+    if args["precision"] is not None:
+        # "auto" (and aliases such as bf16) become the policy chosen on this machine, and
+        # that is what config.json keeps: a resume elsewhere does not choose again.
+        from alexkit.precision import choose_precision
+
+        choice = choose_precision(args["precision"])
+        args["precision"] = choice.policy
+        emit(progress, "precision", **choice.as_dict())
     if args["data"] is None:
         raise UsageError("--data is required (it may be left out only with --resume).")
     resolved = _resolve_options(args)

@@ -91,3 +91,33 @@ def test_pretrain_reads_tfrecord_shards(tmp_path, imagenet_like):
     history = result.history
     assert history[1]["val_loss"] < history[0]["val_loss"]
     assert result.best_value >= 0.6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("flags", "expected"), [("avx512f avx512_bf16", "mixed_bfloat16"), ("avx2 fma", "float32")]
+)
+def test_pretrain_precision_auto_is_chosen_once_and_saved(
+    tmp_path, imagenet_like, monkeypatch, flags, expected
+):
+    from alexkit import precision
+    from alexkit.train import pretrain
+
+    cpu = precision.CpuInfo("Test CPU", frozenset(flags.split()))
+    monkeypatch.setattr(precision, "read_cpu_info", lambda *a, **k: cpu)
+    monkeypatch.setattr(precision, "gpu_compute_capabilities", lambda *a, **k: [])
+    events = []
+    settings = dict(SETTINGS, epochs=1, steps_per_epoch=1, precision="auto")
+    pretrain(imagenet_like, out=tmp_path / "run", register=False, progress=events.append, **settings)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["args"]["precision"] == expected  # a resume elsewhere keeps this one
+    chosen = [e for e in events if e["event"] == "precision"]
+    assert chosen and chosen[0]["policy"] == expected and "Test CPU" in chosen[0]["reason"]
+
+
+def test_pretrain_refuses_an_unknown_precision(tmp_path):
+    from alexkit.errors import UsageError
+    from alexkit.train import pretrain
+
+    with pytest.raises(UsageError, match="unknown precision 'fp8'"):
+        pretrain(tmp_path, out=tmp_path / "run", precision="fp8")
