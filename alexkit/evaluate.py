@@ -359,8 +359,10 @@ def load_trained(path: str | Path) -> tuple[Any, list[str], dict[str, Any]]:
     """Load a trained classifier and its class names.
 
     Args:
-        path: a run directory (``config.json`` + ``model.keras``) or a ``.keras`` file
-            (class names from a sibling ``config.json`` when present, else ``"0".."N-1"``).
+        path: a run directory (``config.json`` + ``model.keras``), a ``.keras`` file
+            (class names from a sibling ``config.json`` when present, else ``"0".."N-1"``),
+            or a file ``alexkit export`` wrote (``.onnx``, ``.tflite``, a SavedModel
+            folder): class names, input size and run config from its ``model-card.json``.
 
     Returns:
         ``(model, class_names, config)``; ``config`` is ``{}`` when there is none.
@@ -369,6 +371,11 @@ def load_trained(path: str | Path) -> tuple[Any, list[str], dict[str, Any]]:
         CheckpointError: the path is missing, or the model or config cannot be read.
     """
     path = Path(path)
+    if is_exported(path):
+        from alexkit.export import load_exported
+
+        exported = load_exported(path)
+        return exported, list(exported.class_names), dict(exported.config)
     if path.is_dir():
         model_path = path / "model.keras"
         config_path = path / "config.json"
@@ -491,13 +498,20 @@ def load_eval_spec(
     return spec if class_names is None else align_spec(spec, class_names)
 
 
+def is_exported(path: str | Path) -> bool:
+    """A model ``alexkit export`` wrote: ``.onnx``, ``.tflite`` or a SavedModel folder."""
+    path = Path(path)
+    return path.suffix in (".onnx", ".tflite") or (path / "saved_model.pb").is_file()
+
+
 def run_dir_of(model_or_run: Any) -> Path | None:
     """The run directory whose ``calibration.json`` / ``data-hashes.json`` apply, or None.
 
     A run directory is itself; a ``.keras`` file's folder plays that part (as for its
-    ``config.json`` in :func:`load_trained`); an in-memory model has none.
+    ``config.json`` in :func:`load_trained`); an in-memory model has none, and neither
+    has an exported file (its temperature is already inside it).
     """
-    if not isinstance(model_or_run, str | Path):
+    if not isinstance(model_or_run, str | Path) or is_exported(model_or_run):
         return None
     path = Path(model_or_run)
     return path if path.is_dir() else path.parent
@@ -572,6 +586,10 @@ def evaluate_model(
     from alexkit.calibration import load_calibration
 
     saved = load_calibration(run_dir) if run_dir is not None else None
+    card = getattr(model, "card", None)
+    if card is not None:  # an exported file: its temperature is inside; thresholds on its card
+        thresholds = (card.get("output") or {}).get("thresholds")
+        saved = {"temperature": None, "thresholds": thresholds} if thresholds else None
     subgroup_table = load_subgroups(subgroups) if subgroups is not None else None
 
     from alexkit import data as data_mod

@@ -374,6 +374,35 @@ def test_predict_and_evaluate_run_on_the_exported_file(exported, runs, labelled,
     np.testing.assert_array_equal(on_file.confusion, on_keras.confusion)
 
 
+@pytest.mark.parametrize("fmt", ["onnx", "tflite"])
+def test_cli_predict_and_evaluate_take_the_exported_file(runs, labelled, tmp_path, fmt):
+    """By path, as a user would: the temperature inside the file is not applied twice."""
+    from typer.testing import CliRunner
+
+    from alexkit.cli import app
+
+    _, model = runs["original"]
+    run = write_run(tmp_path / "run", model, "original", temperature=2.0)
+    artefact = export_model(str(run), fmt, run / f"model.{fmt}").path  # beside calibration.json
+    runner = CliRunner()
+    on_file = runner.invoke(app, ["predict", str(artefact), str(labelled), "--json"])
+    on_run = runner.invoke(app, ["predict", str(run), str(labelled), "--json"])
+    assert on_file.exit_code == 0 and on_run.exit_code == 0, on_file.stderr + on_run.stderr
+    file_rows = json.loads(on_file.stdout)["predictions"]
+    run_rows = json.loads(on_run.stdout)["predictions"]
+    assert len(file_rows) == len(run_rows) == 12
+    for a, b in zip(file_rows, run_rows, strict=True):
+        assert a["predicted"] == b["predicted"]
+        assert a["probability"] == pytest.approx(b["probability"], abs=1e-4)
+    out = tmp_path / "eval"
+    result = runner.invoke(
+        app, ["evaluate", str(artefact), "--data", str(labelled), "--out", str(out), "--json"]
+    )
+    assert result.exit_code == 0, result.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_samples"] == 12
+
+
 def test_two_exports_never_share_one_card(exported, runs):
     first = exported("torchvision", "onnx")
     run, _ = runs["torchvision"]

@@ -69,6 +69,9 @@ def progress_bar(description: str, enabled: bool = True) -> Iterator[Callable[[i
             progress.stop()
 
 
+MODEL_HELP = "Run directory, .keras file, or an exported .onnx/.tflite/SavedModel."
+
+
 def _load_source(
     model: str | None, weights: str | None, variant: str
 ) -> tuple[Any, list[str] | None, dict[str, Any]]:
@@ -82,8 +85,13 @@ def _load_source(
 
         net = load_weights_model(weights, variant)
         return net, None, {}
-    from alexkit.evaluate import load_trained
+    from alexkit.evaluate import is_exported, load_trained
 
+    if is_exported(model):
+        raise UsageError(
+            f"{model} is an exported model: this command needs the Keras model (a run "
+            "directory or .keras file); predict and evaluate take exported files."
+        )
     return load_trained(model)
 
 
@@ -172,7 +180,7 @@ def _group_table(groups: dict[str, Any], num_items: int) -> Any:
 
 @guarded
 def evaluate(
-    model: str = typer.Argument(..., help="Run directory or .keras file."),
+    model: str = typer.Argument(..., help=MODEL_HELP),
     data: Path = typer.Option(..., "--data", "-d", help="Labelled images (folders or manifest)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Write metrics/CSV/PNG here."),
     tta: str = typer.Option("center", "--tta", help="center or ten-crop (softmax averaged)."),
@@ -348,7 +356,7 @@ def extract(
 
 @guarded
 def predict(
-    model: str = typer.Argument(..., help="Run directory or .keras file."),
+    model: str = typer.Argument(..., help=MODEL_HELP),
     images: list[Path] = typer.Argument(..., help="Image files and/or folders."),
     top_k: int = typer.Option(5, "--top-k", "-k", help="How many classes per image."),
     batch_size: int = typer.Option(32, "--batch-size", "-b", help="Images per forward pass."),
