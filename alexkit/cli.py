@@ -59,7 +59,7 @@ def _one_line(message: str) -> None:
     from rich.markup import escape
 
     text = " ".join(message.split())
-    err_console().print(f"[bold red]error:[/] {escape(text)}", highlight=False)
+    err_console().print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
 
 
 app = typer.Typer(

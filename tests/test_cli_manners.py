@@ -121,3 +121,64 @@ def test_no_color_is_respected_even_when_colour_is_forced():
         timeout=120,
     )
     assert COLOUR.search(forced.stderr)  # the check above can fail: forced colour shows
+
+
+def test_an_unexpected_error_is_one_line_and_exit_1(tmp_path, monkeypatch):
+    # The last line of defence (alexkit.cli.AlexkitGroup): any error that is not one of
+    # alexkit's own kinds, raised inside a real command, is a one-line "bug" message.
+    from alexkit import data
+
+    def broken(*args, **kwargs):
+        return {}["no such key"]
+
+    monkeypatch.setattr(data, "load_spec", broken)
+    result = runner.invoke(app, ["data", "check", str(tmp_path)])
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "alexkit hit a bug: KeyError" in lines[0] and "no such key" in lines[0]
+    assert "--debug" in lines[0] and "Traceback" not in result.stderr
+    # --debug keeps the real exception (and its traceback) for a bug report.
+    result = runner.invoke(app, ["--debug", "data", "check", str(tmp_path)])
+    assert isinstance(result.exception, KeyError)
+
+
+@pytest.mark.parametrize(
+    "code,words", [(13, "permission denied"), (28, "no space left"), (30, "read-only")]
+)
+def test_a_refused_write_anywhere_is_one_line_and_exit_4(tmp_path, monkeypatch, code, words):
+    from alexkit import data
+
+    def refused(*args, **kwargs):
+        raise OSError(code, os.strerror(code), "/data/out/features.csv")
+
+    monkeypatch.setattr(data, "load_spec", refused)
+    result = runner.invoke(app, ["data", "check", str(tmp_path)])
+    assert result.exit_code == 4, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "/data/out/features.csv" in lines[0] and words in lines[0]
+
+
+def test_an_abort_from_typer_is_interrupted_not_a_crash(monkeypatch):
+    # Typer 0.29's vendored click has no Abort: the handler must catch typer.Abort.
+    from alexkit import data
+
+    def abort(*args, **kwargs):
+        raise typer.Abort()
+
+    monkeypatch.setattr(data, "load_spec", abort)
+    result = runner.invoke(app, ["data", "check", "."])
+    assert result.exit_code == 130, result.output
+    assert "interrupted" in result.stderr and "AttributeError" not in result.stderr
+
+
+def test_an_unwritable_output_is_one_line(tmp_path):
+    # Seen in the field: `data pack SRC --out /proc/nope` ended in a traceback.
+    from conftest import write_class_images
+
+    write_class_images(tmp_path / "src", ["a", "b"], 2)
+    result = runner.invoke(app, ["data", "pack", str(tmp_path / "src"), "--out", "/proc/nope"])
+    assert result.exit_code != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("error:"), result.stderr
+    assert "Traceback" not in result.stderr

@@ -74,6 +74,16 @@ def guarded(func: F | None = None, *, light: bool = False) -> Any:
             if STATE["debug"]:
                 raise
             raise fail("interrupted", EXIT_INTERRUPTED) from None
+        except OSError as exc:
+            # A full disk, a quota, a read-only or forbidden place, wherever it is written
+            # (features, reports, exports): one line naming the path, exit 4.
+            from alexkit.paths import write_errno, write_failure
+
+            code = write_errno(exc)
+            if code is None or STATE["debug"]:
+                raise
+            error = write_failure(exc.filename or "the output", code, what="write to")
+            raise fail(_escape(str(error)), error.exit_code) from None
 
     return wrapper  # type: ignore[return-value]
 

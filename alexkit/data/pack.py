@@ -126,7 +126,12 @@ def pack_tfrecords(
     if spec.is_tfrecord:
         raise UsageError("the source is already TFRecord shards.")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        from alexkit.paths import write_failure
+
+        raise write_failure(out, exc.errno or 0, what="create") from exc
     rng = np.random.default_rng(seed)
     by_split: dict[str, list[int]] = defaultdict(list)
     for i, s in enumerate(spec.splits):
