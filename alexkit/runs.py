@@ -16,6 +16,9 @@ A run directory looks like this::
         ckpt-000000120/  model.npz, optimizer.npz, [layout.json,] state.json (state.json last)
         frozen-<digest>.npz   a stage's frozen variables, when they differ from the
                          starting weights (written once, shared by that stage's checkpoints)
+        best-000012/     the best epoch's model variables (model.npz, [layout.json]), lean
+                         like a checkpoint; model.keras is written from it when the run
+                         ends (and on Ctrl-C); after a crash, --resume writes it
 
 A checkpoint is written into a hidden temporary folder and renamed into place, then
 listed in ``index.json`` (also written atomically), so a ``kill -9`` at any moment leaves
@@ -61,6 +64,7 @@ CHECKPOINTS = "checkpoints"
 LOGS = "logs"
 LAYOUT = "layout.json"
 FROZEN_PREFIX = "frozen-"
+BEST_PREFIX = "best-"
 
 
 class RunDir:
@@ -296,20 +300,38 @@ class CheckpointManager:
         atomic_write_text(self.index_path, json.dumps({"complete": keep}, indent=1) + "\n")
         for old in drop:
             shutil.rmtree(self.directory / old, ignore_errors=True)
-        self._drop_unreferenced_frozen(keep)
+        self._drop_unreferenced(keep)
         # Temporary folders of killed processes are never complete: remove them.
         for child in self.directory.iterdir():
             if child.name.startswith(".tmp-ckpt-") and child != tmp:
                 shutil.rmtree(child, ignore_errors=True)
             elif child.name.startswith(f".tmp-{FROZEN_PREFIX}"):
                 child.unlink(missing_ok=True)
+            elif child.name.startswith(f".tmp-{BEST_PREFIX}"):
+                shutil.rmtree(child, ignore_errors=True)
         return final
 
-    def _drop_unreferenced_frozen(self, kept: Sequence[str]) -> None:
-        """Remove ``frozen-*.npz`` files that no kept checkpoint refers to."""
-        used = set()
+    def _drop_unreferenced(self, kept: Sequence[str]) -> None:
+        """Remove best models and ``frozen-*.npz`` files that no kept checkpoint refers to."""
+        best_epochs = set()
         for name in kept:
-            layout = _read_layout(self.directory / name)
+            try:
+                state = json.loads((self.directory / name / "state.json").read_text("utf-8"))
+                best_epochs.add((state.get("best") or {}).get("epoch"))
+            except (OSError, ValueError, AttributeError):
+                continue
+        folders = list(kept)
+        for path in self.directory.glob(f"{BEST_PREFIX}*"):
+            if path.is_dir() and _step_of(path.name) not in best_epochs:
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                folders.append(path.name)
+        used = set()
+        for name in folders:
+            try:
+                layout = _read_layout(self.directory / name)
+            except (OSError, ValueError):
+                continue
             if layout is not None:
                 used.add(layout["source"])
         for path in self.directory.glob(f"{FROZEN_PREFIX}*.npz"):
@@ -336,6 +358,49 @@ class CheckpointManager:
             needed = sum(np.asarray(a).nbytes for a in arrays)
             raise self._write_failure(path, code, needed) from exc
         return path
+
+    def save_best(
+        self, epoch: int, arrays: Sequence[np.ndarray], layout: dict[str, Any] | None
+    ) -> Path:
+        """Write the best epoch's model arrays to ``best-<epoch>/`` atomically."""
+        final = self.directory / f"{BEST_PREFIX}{int(epoch):06d}"
+        tmp = self.directory / f".tmp-{final.name}-{os.getpid()}"
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            _save_arrays(tmp / "model.npz", arrays)
+            if layout is not None:
+                (tmp / LAYOUT).write_text(json.dumps(layout), encoding="utf-8")
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except BaseException as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not isinstance(exc, Exception):
+                raise
+            code = write_errno(exc)
+            if code is None:
+                raise
+            needed = sum(np.asarray(a).nbytes for a in arrays)
+            raise self._write_failure(final, code, needed) from exc
+        return final
+
+    def load_best(self, epoch: int) -> LoadedCheckpoint | None:
+        """The best model saved for ``epoch`` (as a checkpoint without state), or None."""
+        folder = self.directory / f"{BEST_PREFIX}{int(epoch):06d}"
+        if not folder.is_dir():
+            return None
+        try:
+            arrays = _load_arrays(folder / "model.npz")
+            layout = _read_layout(folder)
+            frozen = None
+            if layout is not None and layout["source"] != "initial":
+                frozen = _load_arrays(self.directory / layout["source"])
+        except Exception as err:  # noqa: BLE001 - damaged: the run goes on without it
+            log.warning("best model %s is unreadable (%s)", folder, err)
+            return None
+        return LoadedCheckpoint({}, arrays, [], folder, layout, frozen)
 
     def clear(self) -> None:
         """Remove every checkpoint (the run is finished and nothing resumes it)."""

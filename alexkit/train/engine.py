@@ -108,6 +108,8 @@ class Engine:
             resume too (it loads the same weights file): frozen layers that still hold
             them are then referenced by digest (checked on resume) instead of written
             once per stage to ``checkpoints/frozen-<digest>.npz``.
+        cache_val: compute a stage's frozen prefix on the validation images once (a
+            chain model whose stage trains its top layers); metrics are unchanged.
     """
 
     def __init__(
@@ -134,6 +136,7 @@ class Engine:
         writes: bool = True,
         keep_checkpoints: int | None = None,
         start_weights_on_resume: bool = False,
+        cache_val: bool = True,
     ):
         self.run = run
         self.build_model = build_model
@@ -152,6 +155,9 @@ class Engine:
         self.resume = resume
         self.save_last = save_last
         self.start_weights_on_resume = start_weights_on_resume
+        self.cache_val = cache_val
+        self._val_cut: tuple[Any, list[Any]] | None = None
+        self._val_cache: tuple[np.ndarray, list[np.ndarray]] | None = None
         self.feed = self._replica_feed()
         self.checkpoints = Checkpoints(
             run,
@@ -161,16 +167,11 @@ class Engine:
             progress=progress,
             keep=default_keep_checkpoints() if keep_checkpoints is None else keep_checkpoints,
         )
-        # Without checkpoints (keep 0) a crash restarts the run, so the best model need
-        # not be on disk while training: it is kept in memory and written once at the end
-        # (and on Ctrl-C). Otherwise model.keras is rewritten at every improvement.
-        self.defer_best = self.checkpoints.keep == 0
-        self.best = BestModel(
-            monitor,
-            (lambda m: None)
-            if self.defer_best
-            else (lambda m: self.checkpoints.save_model(m, run.model_path)),
-        )
+        # The best model is kept in memory and as its changed variables in
+        # checkpoints/best-<epoch> (lean, like a checkpoint; none with keep 0, where a
+        # crash restarts the run); model.keras is written from it once, when the run ends
+        # or is interrupted. After a crash, --resume reads it back and writes model.keras.
+        self.best = BestModel(monitor, lambda m: self.checkpoints.save_best(m, self.best.epoch))
         self.early = EarlyStop()
         self.schedule = Schedule()
         self.log = HistoryLog(run)
@@ -273,7 +274,7 @@ class Engine:
                 self._next_stage()
             if self.save_last:
                 self.checkpoints.save_model(self.model, self.run.last_model_path)
-            self._save_deferred_best()
+            self._save_best_model()
             self.checkpoints.finish()
         except KeyboardInterrupt:
             self._interrupted()
@@ -284,6 +285,8 @@ class Engine:
     def _restore(self) -> _Restored:
         loaded = self.checkpoints.load_latest()
         state, optimizer_arrays, folder = loaded.state, loaded.optimizer_arrays, loaded.folder
+        # Before the checkpoint goes in: frozen parts may be the freshly built weights.
+        self.best.weights = self.checkpoints.load_best(self.model, state["best"]["epoch"])
         self.checkpoints.restore_model(self.model, loaded)
         log.info("resuming from %s", folder)
         emit(
@@ -305,6 +308,7 @@ class Engine:
     def _start_stage(self, stage: StagePlan, restored: _Restored | None) -> None:
         self._compile(stage)
         self.checkpoints.start_stage(self.model)
+        self._plan_val_cache()
         self.schedule.start_stage(stage, restored.schedule if restored else None)
         if restored is not None:
             Checkpoints.restore_optimizer(
@@ -320,9 +324,9 @@ class Engine:
             trainable_params=int(sum(np.prod(v.shape) for v in self.model.trainable_variables)),
         )
 
-    def _save_deferred_best(self) -> None:
-        """Write ``model.keras`` from the best weights kept in memory (keep 0 only)."""
-        if not self.defer_best or self.best.weights is None:
+    def _save_best_model(self) -> None:
+        """Write ``model.keras`` from the best weights kept in memory."""
+        if self.best.weights is None:
             return
         current = [np.array(v.numpy()) for v in self.model.weights]
         self.model.set_weights(self.best.weights)
@@ -366,7 +370,7 @@ class Engine:
         if self.model is None or getattr(self.model, "optimizer", None) is None:
             raise Interrupted("interrupted before training started; nothing was saved.") from None
         path = self.checkpoints.save(self.model, self.snapshot(), interrupted=True)
-        self._save_deferred_best()
+        self._save_best_model()
         self.log.write_history(self.position["history"])
         writes = self.checkpoints.writes
         saved = f"state saved to {path}" if writes else "the chief saves the state"
@@ -503,6 +507,62 @@ class Engine:
 
     # ----------------------------------------------------------------- inference
 
+    def _plan_val_cache(self) -> None:
+        """At a stage start: cache the frozen prefix's output on the validation images?
+
+        Only when the model is a chain of layers, the stage trains a suffix of it, and
+        nothing is distributed; the prefix's output is then computed on the first
+        validation of the stage and reused by the later ones (the frozen layers cannot
+        change within a stage, and validation has no augmentation and no dropout).
+        """
+        self._val_cut, self._val_cache = None, None
+        if self.make_val is None or self.strategy is not None or not self.cache_val:
+            return
+        layers = [la for la in self.model.layers if la.__class__.__name__ != "InputLayer"]
+        first = next((i for i, la in enumerate(layers) if la.trainable), None)
+        if not first:  # everything trains (or nothing does): no frozen prefix
+            return
+        try:
+            chained = (
+                all(layers[i].input is layers[i - 1].output for i in range(1, len(layers)))
+                and layers[0].input is self.model.inputs[0]
+            )
+        except (AttributeError, ValueError, IndexError):
+            chained = False
+        if not chained or len(self.model.inputs) != 1:
+            return
+        import keras
+
+        prefix = keras.Model(self.model.inputs[0], layers[first - 1].output)
+        self._val_cut = (prefix, layers[first:])
+
+    def _validate_cached(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Labels and probabilities from the cached prefix output, or None (not cached)."""
+        if self._val_cut is None:
+            return None
+        prefix, suffix = self._val_cut
+        if self._val_cache is None:
+            labels, features = [], []
+            for batch in self.make_val():
+                x = np.asarray(batch[0])
+                if x.ndim != len(prefix.inputs[0].shape):  # ten-crop batches: no cache
+                    self._val_cut = None
+                    return None
+                features.append(np.asarray(prefix(x, training=False)))
+                labels.append(np.asarray(batch[1]))
+            if not features:
+                self._val_cut = None
+                return None
+            self._val_cache = (np.concatenate(labels), features)
+            log.info("validation: frozen layers' output cached for this stage")
+        y, features = self._val_cache
+        probs = []
+        for h in features:
+            for layer in suffix:
+                h = layer(h, training=False)
+            probs.append(np.asarray(h).astype(np.float64))
+        return y, np.concatenate(probs)
+
     def _forward(self, x: np.ndarray) -> np.ndarray:
         if self.strategy is not None:
             # predict_on_batch under MirroredStrategy returns every replica's rows; a plain
@@ -527,7 +587,8 @@ class Engine:
         """This epoch's validation metrics (empty without validation data)."""
         if self.make_val is None:
             return {}
-        y, p = self.predict(self.make_val())
+        cached = self._validate_cached()
+        y, p = cached if cached is not None else self.predict(self.make_val())
         if y.size == 0:
             return {}
         return compute_val_metrics(y, p, self.metrics)

@@ -1,10 +1,11 @@
 """The per-epoch decisions of the engine, each a small object with its own state.
 
 At every epoch end the engine asks them in this order (never change it: resumed and
-multi-worker runs rely on it): :class:`BestModel` (save ``model.keras`` when the
-monitored metric improved), :class:`EarlyStop` (end the stage after ``patience``
-epochs without improvement), :class:`Schedule` (hand the epoch's error to the LR
-schedule), :class:`Checkpoints` (an atomic checkpoint) and :class:`HistoryLog`
+multi-worker runs rely on it): :class:`BestModel` (keep the model when the monitored
+metric improved; ``model.keras`` is written from it when the run ends),
+:class:`EarlyStop` (end the stage after ``patience`` epochs without improvement),
+:class:`Schedule` (hand the epoch's error to the LR schedule), :class:`Checkpoints`
+(an atomic checkpoint) and :class:`HistoryLog`
 (``history.csv`` and TensorBoard). Their state travels in the checkpoint's
 ``state.json`` under the keys each one names.
 """
@@ -47,7 +48,8 @@ class BestModel:
 
     Args:
         monitor: the metric (``val_accuracy``, ``loss``, ...).
-        save: writes the model to ``model.keras``.
+        save: stores the improved model (the engine keeps its changed variables in
+            ``checkpoints/best-<epoch>``; ``model.keras`` is written when the run ends).
     """
 
     def __init__(self, monitor: str, save: Callable[[Any], None]):
@@ -241,6 +243,17 @@ class Checkpoints:
         if not self.writes or (self.keep == 0 and not interrupted):
             return self.restore_from.directory
         state = dict(state)
+        model_arrays, layout = self._lean_arrays(model)
+        optimizer_variables = list(model.optimizer.variables)
+        optimizer_arrays = [np.asarray(v.numpy()) for v in optimizer_variables]
+        # Optimizer slot names derive from layer names, so they identify slots across runs.
+        state["optimizer_paths"] = [v.path for v in optimizer_variables]
+        path = self.manager.save(model_arrays, optimizer_arrays, state, layout=layout)
+        emit(self.progress, "checkpoint", path=str(path), global_step=state["global_step"])
+        return path
+
+    def _lean_arrays(self, model: Any) -> tuple[list[np.ndarray], dict[str, Any] | None]:
+        """The model arrays a checkpoint stores, and its layout (None: all of them)."""
         variables = list(model.variables)
         layout = self.layout
         if layout is not None and layout["variables"] != len(variables):
@@ -250,14 +263,65 @@ class Checkpoints:
             # Written once per stage, before the first checkpoint that refers to it.
             frozen = [np.asarray(variables[i].numpy()) for i in layout["frozen"]]
             self.manager.save_frozen(layout["source"], frozen)
-        model_arrays = [np.asarray(v.numpy()) for i, v in enumerate(variables) if i not in skip]
-        optimizer_variables = list(model.optimizer.variables)
-        optimizer_arrays = [np.asarray(v.numpy()) for v in optimizer_variables]
-        # Optimizer slot names derive from layer names, so they identify slots across runs.
-        state["optimizer_paths"] = [v.path for v in optimizer_variables]
-        path = self.manager.save(model_arrays, optimizer_arrays, state, layout=layout)
-        emit(self.progress, "checkpoint", path=str(path), global_step=state["global_step"])
-        return path
+        arrays = [np.asarray(v.numpy()) for i, v in enumerate(variables) if i not in skip]
+        return arrays, layout
+
+    def save_best(self, model: Any, epoch: int) -> None:
+        """Keep the best epoch's model as its changed variables (``checkpoints/best-*``)."""
+        if not self.writes or self.keep == 0:
+            return
+        arrays, layout = self._lean_arrays(model)
+        self.manager.save_best(epoch, arrays, layout)
+
+    def load_best(self, model: Any, epoch: int | None) -> list[np.ndarray] | None:
+        """The best model's weights (``model.weights`` order) saved for ``epoch``, or None.
+
+        Call it on the freshly built model, before a checkpoint is restored into it.
+        """
+        if epoch is None:
+            return None
+        loaded = self.restore_from.load_best(int(epoch))
+        if loaded is None:
+            return None
+        variables = list(model.variables)
+        full = self._assemble(variables, loaded)
+        by_id = {id(v): a for v, a in zip(variables, full, strict=True)}
+        return [by_id[id(w)] for w in model.weights]
+
+    def _assemble(self, variables: list[Any], loaded: LoadedCheckpoint) -> list[np.ndarray]:
+        """Every variable's value from a lean save; frozen ones from their source."""
+        layout = loaded.layout
+        if layout is None:
+            if len(loaded.model_arrays) != len(variables):
+                raise CheckpointError(
+                    f"{loaded.folder.name} holds {len(loaded.model_arrays)} model variables "
+                    f"but the run has {len(variables)}; it is from another model."
+                )
+            return list(loaded.model_arrays)
+        if layout["variables"] != len(variables):
+            raise CheckpointError(
+                f"{loaded.folder.name} is of a model with {layout['variables']} "
+                f"variables but the run has {len(variables)}; it is from another model."
+            )
+        frozen = list(layout["frozen"])
+        if layout["source"] == "initial":
+            self._check_initial(variables, layout, loaded.folder.name)
+            frozen_arrays = [np.asarray(variables[i].numpy()) for i in frozen]
+        else:
+            frozen_arrays = list(loaded.frozen_arrays or [])
+        skip = set(frozen)
+        stored = iter(loaded.model_arrays)
+        from_frozen = dict(zip(frozen, frozen_arrays, strict=True))
+        return [from_frozen[i] if i in skip else next(stored) for i in range(len(variables))]
+
+    def _check_initial(self, variables: list[Any], layout: dict[str, Any], name: str) -> None:
+        built = self.initial or [array_digest(v.numpy()) for v in variables]
+        if any(built[i] != d for i, d in zip(layout["frozen"], layout["digests"], strict=True)):
+            raise CheckpointError(
+                f"the frozen layers of {name} hold the run's starting weights, but the "
+                "weights loaded now differ from them (was the --weights file replaced?); "
+                "resume with the original weights or start again with --force."
+            )
 
     def load_latest(self) -> LoadedCheckpoint:
         """The newest complete checkpoint (with its layout and frozen arrays, if lean)."""
@@ -302,14 +366,7 @@ class Checkpoints:
         stored = [v for i, v in enumerate(variables) if i not in skip]
         assign(stored, loaded.model_arrays, "model")
         if layout["source"] == "initial":
-            built = self.initial or [array_digest(v.numpy()) for v in variables]
-            if any(built[i] != d for i, d in zip(frozen, layout["digests"], strict=True)):
-                raise CheckpointError(
-                    f"the frozen layers of checkpoint {loaded.folder.name} hold the run's "
-                    "starting weights, but the weights loaded now differ from them (was the "
-                    "--weights file replaced?); resume with the original weights or start "
-                    "again with --force."
-                )
+            self._check_initial(variables, layout, f"checkpoint {loaded.folder.name}")
             return
         assign([variables[i] for i in frozen], loaded.frozen_arrays or [], "frozen model")
 

@@ -85,6 +85,15 @@ def _interrupt_at(global_step):
     return progress
 
 
+def _same_model_file(a, b):
+    import keras
+
+    ours = keras.saving.load_model(a / "model.keras", compile=False)
+    theirs = keras.saving.load_model(b / "model.keras", compile=False)
+    for x, y in zip(ours.get_weights(), theirs.get_weights(), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
 def _newest(out):
     return sorted((out / "checkpoints").glob("ckpt-*"))[-1]
 
@@ -109,9 +118,15 @@ def test_head_only_checkpoint_holds_the_head_and_resumes_to_the_same_history(tmp
     assert on_disk < 3 * head + 8192 < body / 10
     assert not list((tmp_path / "run" / "checkpoints").glob("frozen-*"))
 
+    # The best model while training: its changed variables, not a model.keras.
+    best = sorted((tmp_path / "run" / "checkpoints").glob("best-*"))
+    assert best  # (model.keras too: Ctrl-C writes it from the best weights)
+    assert all(sum(f.stat().st_size for f in b.iterdir()) < head + 4096 for b in best)
+
     resumed = _engine(tmp_path, "run", stages, resume=True).run_all()
     assert _rows(resumed["history"]) == _rows(reference["history"])
     assert resumed["best"] == reference["best"] and resumed["global_step"] == 12
+    _same_model_file(tmp_path / "run", tmp_path / "ref")  # written at the end, the same
 
 
 @pytest.mark.parametrize("where", [3, 6, 8], ids=["stage1", "stage2-mid", "stage2-end"])
@@ -133,6 +148,7 @@ def test_frozen_set_changing_between_stages_resumes_exactly(tmp_path, where):
     resumed = _engine(tmp_path, "run", stages, resume=True).run_all()
     assert _rows(resumed["history"]) == _rows(reference["history"])
     assert resumed["best"] == reference["best"] and resumed["global_step"] == 12
+    _same_model_file(tmp_path / "run", tmp_path / "ref")
 
 
 def test_checkpoints_written_before_lean_ones_still_resume(tmp_path, monkeypatch):
@@ -163,14 +179,9 @@ def test_keep_zero_writes_no_checkpoint_but_ctrl_c_still_saves_one(tmp_path):
     assert not (tmp_path / "ref" / "checkpoints").exists()
     # model.keras, written once at the end, is the best epoch's model: the very one a
     # run with checkpoints (which rewrites it at every improvement) leaves.
-    import keras
-
     with_checkpoints = _engine(tmp_path, "ref2", stages, keep=2).run_all()
     assert with_checkpoints["best"] == reference["best"]
-    ours = keras.saving.load_model(tmp_path / "ref" / "model.keras", compile=False)
-    theirs = keras.saving.load_model(tmp_path / "ref2" / "model.keras", compile=False)
-    for a, b in zip(ours.get_weights(), theirs.get_weights(), strict=True):
-        np.testing.assert_array_equal(a, b)
+    _same_model_file(tmp_path / "ref", tmp_path / "ref2")
 
     with pytest.raises(Interrupted):
         _engine(tmp_path, "run", stages, progress=_interrupt_at(6), keep=0).run_all()
