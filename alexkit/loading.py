@@ -1,0 +1,178 @@
+"""Loading what evaluation needs: a trained model and its class names, and the data.
+
+``load_trained`` opens a run directory, a ``.keras`` file or an exported model;
+``load_eval_spec`` / ``align_spec`` read evaluation data in the model's class order.
+Every name here is also importable from :mod:`alexkit.evaluate`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from alexkit.errors import CheckpointError, DataError, one_line
+
+
+def load_trained(path: str | Path) -> tuple[Any, list[str], dict[str, Any]]:
+    """Load a trained classifier and its class names.
+
+    Args:
+        path: a run directory (``config.json`` + ``model.keras``), a ``.keras`` file
+            (class names from a sibling ``config.json`` when present, else ``"0".."N-1"``),
+            or a file ``alexkit export`` wrote (``.onnx``, ``.tflite``, a SavedModel
+            folder): class names, input size and run config from its ``model-card.json``.
+
+    Returns:
+        ``(model, class_names, config)``; ``config`` is ``{}`` when there is none.
+
+    Raises:
+        CheckpointError: the path is missing, or the model or config cannot be read.
+    """
+    path = Path(path)
+    if is_exported(path):
+        from alexkit.export import load_exported
+
+        exported = load_exported(path)
+        return exported, list(exported.class_names), dict(exported.config)
+    if path.is_dir():
+        model_path = path / "model.keras"
+        config_path = path / "config.json"
+        if not model_path.is_file():
+            raise CheckpointError(
+                f"{path} is not a run directory: no model.keras in it "
+                "(pass a run directory from `alexkit finetune` or a .keras file)."
+            )
+    elif path.is_file():
+        model_path = path
+        config_path = path.parent / "config.json"
+    else:
+        raise CheckpointError(f"{path} does not exist: pass a run directory or a .keras file.")
+    if model_path.suffix != ".keras":
+        raise CheckpointError(f"{model_path} is not a .keras model file.")
+
+    config: dict[str, Any] = {}
+    if config_path.is_file():
+        try:
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{config_path} is not valid JSON ({exc}).") from exc
+
+    import keras
+
+    import alexkit.layers  # noqa: F401  (registers the custom layers for deserialisation)
+
+    try:
+        model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
+    except Exception as exc:  # keras raises many kinds for a bad archive
+        raise CheckpointError(f"cannot load {model_path}: {one_line(exc, limit=10_000)}") from exc
+
+    num_outputs = int(model.output_shape[-1])
+    names = config.get("class_names")
+    if names is None:
+        names = [str(i) for i in range(num_outputs)]
+    names = [str(n) for n in names]
+    if len(names) != num_outputs:
+        raise CheckpointError(
+            f"{config_path} lists {len(names)} class_names but {model_path} has "
+            f"{num_outputs} outputs: the config does not belong to this model."
+        )
+    return model, names, config
+
+
+def model_image_size(model: Any, config: dict[str, Any] | None = None) -> int:
+    """The square input size a model expects (config ``image_size`` or the input shape)."""
+    if config and config.get("image_size"):
+        return int(config["image_size"])
+    shape = model.input_shape
+    if shape[1] is None:
+        return 227
+    return int(shape[1])
+
+
+def align_spec(spec: Any, class_names: Sequence[str], *, require_labels: bool = True) -> Any:
+    """Re-index a ``DatasetSpec``'s labels to the model's class order.
+
+    Raises:
+        DataError: the data has classes the model does not know (listed), or no labels.
+    """
+    names = list(class_names)
+    if getattr(spec, "is_tfrecord", False):  # labels live in the records: keep the model's map
+        return dataclasses.replace(spec, class_names=tuple(names))
+    used = sorted({spec.class_names[lbl] for lbl in spec.labels if lbl >= 0})
+    unknown = [c for c in used if c not in names]
+    if unknown:
+        more = f" … (+{len(unknown) - 10})" if len(unknown) > 10 else ""
+        shown = ", ".join(unknown[:10]) + more
+        raise DataError(
+            f"the data has {len(unknown)} class(es) the model does not know: {shown}; "
+            f"the model knows: {', '.join(names[:10])}{' …' if len(names) > 10 else ''}."
+        )
+    if require_labels and any(label < 0 for label in spec.labels):
+        raise DataError(
+            f"{spec.root}: some images have no label; evaluation needs labelled data "
+            "(class folders or a manifest with a label column)."
+        )
+    index = {c: i for i, c in enumerate(names)}
+    labels = tuple(index[spec.class_names[lbl]] if lbl >= 0 else -1 for lbl in spec.labels)
+    return dataclasses.replace(spec, labels=labels, class_names=tuple(names))
+
+
+def media_options_from_config(config: dict[str, Any] | None) -> Any:
+    """The run's ``[media]`` recipe settings as ``MediaOptions`` (None when absent)."""
+    table = ((config or {}).get("recipe") or {}).get("media")
+    if not table:
+        return None
+    from alexkit.media import MediaOptions
+
+    return MediaOptions.from_mapping(
+        {k: v for k, v in table.items() if v is not None}, source="config.json"
+    )
+
+
+def load_eval_spec(
+    source: str | Path,
+    class_names: Sequence[str] | None = None,
+    *,
+    prefer_splits: Sequence[str] = ("test", "val"),
+    media_options: Any = None,
+) -> Any:
+    """Load data for evaluation: never re-split, and one split when the source has several.
+
+    A source with ``train/val/test`` folders is evaluated on ``test`` (else ``val``);
+    ``prefer_splits=("train",)`` picks the training part (for a probe). With
+    ``class_names`` the labels are re-indexed to that order (unknown classes refused).
+    ``media_options`` expand clips and volumes as in training (see
+    :func:`media_options_from_config`).
+    """
+    from alexkit.data import load_spec
+
+    spec = load_spec(source, val_fraction=0.0, media_options=media_options)
+    present = set(spec.splits)
+    if len(present - {""}) >= 1:
+        for split in prefer_splits:
+            if split in present:
+                spec = spec.subset(split)
+                break
+    return spec if class_names is None else align_spec(spec, class_names)
+
+
+def is_exported(path: str | Path) -> bool:
+    """A model ``alexkit export`` wrote: ``.onnx``, ``.tflite`` or a SavedModel folder."""
+    path = Path(path)
+    return path.suffix in (".onnx", ".tflite") or (path / "saved_model.pb").is_file()
+
+
+def run_dir_of(model_or_run: Any) -> Path | None:
+    """The run directory whose ``calibration.json`` / ``data-hashes.json`` apply, or None.
+
+    A run directory is itself; a ``.keras`` file's folder plays that part (as for its
+    ``config.json`` in :func:`load_trained`); an in-memory model has none, and neither
+    has an exported file (its temperature is already inside it).
+    """
+    if not isinstance(model_or_run, str | Path) or is_exported(model_or_run):
+        return None
+    path = Path(model_or_run)
+    return path if path.is_dir() else path.parent
