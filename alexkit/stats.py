@@ -264,62 +264,19 @@ def metric_intervals(
     names = [str(s) for s in class_names]
     gidx, num_groups = group_index(groups, n)
     clustered = num_groups < n
-    ci: dict[str, tuple[float, float]] = {}
-    method: dict[str, str] = {}
-
     correct = y == pred
     top5 = None
     if c > 5:
         top = np.argsort(-probs, axis=1, kind="stable")[:, :5]
         top5 = (top == y[:, None]).any(axis=1)
-    binary = c == 2
-    positive = y == 1
 
-    # Closed-form intervals where items are independent.
-    if not clustered:
-        ci["accuracy"] = wilson_interval(int(correct.sum()), n, level)
-        method["accuracy"] = "wilson"
-        if top5 is not None:
-            ci["top5_accuracy"] = wilson_interval(int(top5.sum()), n, level)
-            method["top5_accuracy"] = "wilson"
-        for k, name in enumerate(names):
-            tp = int(np.sum(correct & (y == k)))
-            ci[f"per_class.{name}.recall"] = wilson_interval(tp, int(np.sum(y == k)), level)
-            ci[f"per_class.{name}.precision"] = wilson_interval(tp, int(np.sum(pred == k)), level)
-            method[f"per_class.{name}.recall"] = method[f"per_class.{name}.precision"] = "wilson"
-        if binary:
-            tp = int(np.sum(positive & (pred == 1)))
-            tn = int(np.sum(~positive & (pred == 0)))
-            fp = int(np.sum(~positive & (pred == 1)))
-            fn = int(np.sum(positive & (pred == 0)))
-            for key, (k, m) in {
-                "sensitivity": (tp, tp + fn),
-                "specificity": (tn, tn + fp),
-                "ppv": (tp, tp + fp),
-                "npv": (tn, tn + fn),
-            }.items():
-                ci[f"binary.{key}"] = wilson_interval(k, m, level)
-                method[f"binary.{key}"] = "wilson"
-            if positive.any() and (~positive).any():
-                ci["binary.roc_auc"] = delong_interval(positive, probs[:, 1], level)
-                method["binary.roc_auc"] = "delong"
+    ci: dict[str, tuple[float, float]] = {}
+    method: dict[str, str] = {}
+    if not clustered:  # closed-form intervals where items are independent
+        _closed_form_intervals(ci, method, y, pred, probs, correct, top5, names, level)
 
     # Everything else (and everything when clustered) from one bootstrap.
-    boot_names: list[str] = ["macro_avg.precision", "macro_avg.recall", "macro_avg.f1"]
-    boot_names += ["weighted_avg.precision", "weighted_avg.recall", "weighted_avg.f1"]
-    boot_names += [f"per_class.{name}.f1" for name in names]
-    if clustered:
-        boot_names.append("accuracy")
-        if top5 is not None:
-            boot_names.append("top5_accuracy")
-        for name in names:
-            boot_names += [f"per_class.{name}.recall", f"per_class.{name}.precision"]
-        if binary:
-            boot_names += [f"binary.{k}" for k in ("sensitivity", "specificity", "ppv", "npv")]
-            boot_names.append("binary.roc_auc")
-    if binary:
-        boot_names.append("binary.pr_auc")
-    boot_names += ["calibration.ece", "calibration.brier"]
+    boot_names = _bootstrap_names(names, clustered, has_top5=top5 is not None)
     bands: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     if n_boot and n:
         dist, band_dists = _bootstrap(
@@ -342,6 +299,70 @@ def metric_intervals(
         num_groups=num_groups,
         bands=bands,
     )
+
+
+def _closed_form_intervals(
+    ci: dict[str, tuple[float, float]],
+    method: dict[str, str],
+    y: np.ndarray,
+    pred: np.ndarray,
+    probs: np.ndarray,
+    correct: np.ndarray,
+    top5: np.ndarray | None,
+    names: list[str],
+    level: float,
+) -> None:
+    """Wilson intervals for the proportions and DeLong for the ROC AUC, into ``ci``/``method``."""
+    n = y.shape[0]
+    ci["accuracy"] = wilson_interval(int(correct.sum()), n, level)
+    method["accuracy"] = "wilson"
+    if top5 is not None:
+        ci["top5_accuracy"] = wilson_interval(int(top5.sum()), n, level)
+        method["top5_accuracy"] = "wilson"
+    for k, name in enumerate(names):
+        tp = int(np.sum(correct & (y == k)))
+        ci[f"per_class.{name}.recall"] = wilson_interval(tp, int(np.sum(y == k)), level)
+        ci[f"per_class.{name}.precision"] = wilson_interval(tp, int(np.sum(pred == k)), level)
+        method[f"per_class.{name}.recall"] = method[f"per_class.{name}.precision"] = "wilson"
+    if len(names) != 2:
+        return
+    positive = y == 1
+    tp = int(np.sum(positive & (pred == 1)))
+    tn = int(np.sum(~positive & (pred == 0)))
+    fp = int(np.sum(~positive & (pred == 1)))
+    fn = int(np.sum(positive & (pred == 0)))
+    for key, (k, m) in {
+        "sensitivity": (tp, tp + fn),
+        "specificity": (tn, tn + fp),
+        "ppv": (tp, tp + fp),
+        "npv": (tn, tn + fn),
+    }.items():
+        ci[f"binary.{key}"] = wilson_interval(k, m, level)
+        method[f"binary.{key}"] = "wilson"
+    if positive.any() and (~positive).any():
+        ci["binary.roc_auc"] = delong_interval(positive, probs[:, 1], level)
+        method["binary.roc_auc"] = "delong"
+
+
+def _bootstrap_names(names: list[str], clustered: bool, *, has_top5: bool) -> list[str]:
+    """The metrics the bootstrap estimates: those without a closed form, or all if clustered."""
+    binary = len(names) == 2
+    boot_names: list[str] = ["macro_avg.precision", "macro_avg.recall", "macro_avg.f1"]
+    boot_names += ["weighted_avg.precision", "weighted_avg.recall", "weighted_avg.f1"]
+    boot_names += [f"per_class.{name}.f1" for name in names]
+    if clustered:
+        boot_names.append("accuracy")
+        if has_top5:
+            boot_names.append("top5_accuracy")
+        for name in names:
+            boot_names += [f"per_class.{name}.recall", f"per_class.{name}.precision"]
+        if binary:
+            boot_names += [f"binary.{k}" for k in ("sensitivity", "specificity", "ppv", "npv")]
+            boot_names.append("binary.roc_auc")
+    if binary:
+        boot_names.append("binary.pr_auc")
+    boot_names += ["calibration.ece", "calibration.brier"]
+    return boot_names
 
 
 def _safe_div(a: np.ndarray, b: np.ndarray, empty: float = 0.0) -> np.ndarray:
@@ -369,89 +390,127 @@ def _bootstrap(
     from alexkit.calibration import ECE_BINS, bin_index, brier_terms
 
     c = probs.shape[1]
-    bins = _onehot(bin_index(probs), ECE_BINS)
-    conf = probs.max(axis=1)
-    top_right = probs.argmax(axis=1) == y  # ECE scores the arg-max, whatever the threshold
-    brier = brier_terms(y, probs)
-    truth = _onehot(y, c)
-    predicted = _onehot(pred, c)
-    hits = _onehot(y, c, mask=correct)
-    binary = c == 2
-    if binary:
-        scores = probs[:, 1]
-        order = np.argsort(-scores, kind="mergesort")
-        s = scores[order]
-        ends = np.r_[np.flatnonzero(np.diff(s)), s.size - 1] if s.size > 1 else np.array([0])
-        pos_sorted = (y == 1)[order]
+    items = {
+        "bins": _onehot(bin_index(probs), ECE_BINS),
+        "conf": probs.max(axis=1),
+        "top_right": probs.argmax(axis=1) == y,  # ECE scores the arg-max, whatever the threshold
+        "brier": brier_terms(y, probs),
+        "truth": _onehot(y, c),
+        "predicted": _onehot(pred, c),
+        "hits": _onehot(y, c, mask=correct),
+        "correct": correct,
+        "top5": top5,
+    }
+    ranked = _ranked_scores(y, probs) if c == 2 else None
+    col = {name: j for j, name in enumerate(boot_names)}
     rows: list[np.ndarray] = []
     roc_rows: list[np.ndarray] = []
     pr_rows: list[np.ndarray] = []
-    col = {name: j for j, name in enumerate(boot_names)}
-    f1_cols = [col[f"per_class.{name}.f1"] for name in names]
-    per_class_cols = None
-    if f"per_class.{names[0]}.recall" in col:
-        per_class_cols = (
-            [col[f"per_class.{name}.recall"] for name in names],
-            [col[f"per_class.{name}.precision"] for name in names],
-        )
     for w in resample_weights(gidx, num_groups, n_boot, seed):
-        support = np.asarray((truth.T @ w.T).T)
-        npred = np.asarray((predicted.T @ w.T).T)
-        tp = np.asarray((hits.T @ w.T).T)
-        total = w.sum(axis=1)
-        precision = _safe_div(tp, npred)
-        recall = _safe_div(tp, support)
-        f1 = _safe_div(2 * precision * recall, precision + recall)
         out = np.full((w.shape[0], len(boot_names)), np.nan)
-        out[:, col["macro_avg.precision"]] = precision.mean(axis=1)
-        out[:, col["macro_avg.recall"]] = recall.mean(axis=1)
-        out[:, col["macro_avg.f1"]] = f1.mean(axis=1)
-        out[:, col["weighted_avg.precision"]] = (precision * support).sum(axis=1) / total
-        out[:, col["weighted_avg.recall"]] = (recall * support).sum(axis=1) / total
-        out[:, col["weighted_avg.f1"]] = (f1 * support).sum(axis=1) / total
-        out[:, f1_cols] = f1
-        if per_class_cols is not None:
-            out[:, per_class_cols[0]] = _safe_div(tp, support, math.nan)
-            out[:, per_class_cols[1]] = _safe_div(tp, npred, math.nan)
-        conf_sum = np.asarray((bins.T @ (w * conf).T).T)
-        right_sum = np.asarray((bins.T @ (w * top_right).T).T)
-        out[:, col["calibration.ece"]] = np.abs(conf_sum - right_sum).sum(axis=1) / total
-        out[:, col["calibration.brier"]] = (w @ brier) / total
-        if "accuracy" in col:
-            out[:, col["accuracy"]] = (w @ correct) / total
-        if "top5_accuracy" in col and top5 is not None:
-            out[:, col["top5_accuracy"]] = (w @ top5) / total
-        if binary:
-            tp1, fn1 = tp[:, 1], support[:, 1] - tp[:, 1]
-            tn0, fp0 = tp[:, 0], support[:, 0] - tp[:, 0]
-            if "binary.sensitivity" in col:
-                for key, a, b in (
-                    ("sensitivity", tp1, tp1 + fn1),
-                    ("specificity", tn0, tn0 + fp0),
-                    ("ppv", tp1, tp1 + fp0),
-                    ("npv", tn0, tn0 + fn1),
-                ):
-                    out[:, col[f"binary.{key}"]] = _safe_div(a, b, math.nan)
-            tps, fps, p_tot, n_tot = _binary_weighted_curves(order, ends, pos_sorted, w)
-            with np.errstate(all="ignore"):
-                tpr = np.concatenate([np.zeros((w.shape[0], 1)), tps / p_tot], axis=1)
-                fpr = np.concatenate([np.zeros((w.shape[0], 1)), fps / n_tot], axis=1)
-                auc = np.trapezoid(tpr, fpr, axis=1)
-                auc[(p_tot[:, 0] == 0) | (n_tot[:, 0] == 0)] = np.nan
-                prec = tps / np.maximum(tps + fps, 1e-300)
-                rec = tps / p_tot
-                ap = np.sum(np.diff(np.concatenate([np.zeros((w.shape[0], 1)), rec], 1)) * prec, 1)
-                ap[p_tot[:, 0] == 0] = np.nan
-            if "binary.roc_auc" in col:
-                out[:, col["binary.roc_auc"]] = auc
-            out[:, col["binary.pr_auc"]] = ap
-            roc_rows.append(_roc_band_rows(fpr, tpr))
-            pr_rows.append(_pr_band_rows(rec, prec))
+        support, tp = _fill_class_metrics(out, col, names, w, items)
+        if ranked is not None:
+            roc, pr = _fill_binary_metrics(out, col, w, support, tp, ranked)
+            roc_rows.append(roc)
+            pr_rows.append(pr)
         rows.append(out)
     bands = {}
     if roc_rows:
         bands = {"roc": np.concatenate(roc_rows), "pr": np.concatenate(pr_rows)}
     return np.concatenate(rows), bands
+
+
+def _ranked_scores(y: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``(order, ends, pos_sorted)``: items by descending score, last index of each tie run."""
+    scores = probs[:, 1]
+    order = np.argsort(-scores, kind="mergesort")
+    s = scores[order]
+    ends = np.r_[np.flatnonzero(np.diff(s)), s.size - 1] if s.size > 1 else np.array([0])
+    return order, ends, (y == 1)[order]
+
+
+def _fill_class_metrics(
+    out: np.ndarray,
+    col: dict[str, int],
+    names: list[str],
+    w: Any,
+    items: dict[str, Any],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Averages, per-class and calibration metrics of a chunk of resamples (rows of ``w``).
+
+    Returns:
+        ``(support, tp)`` per resample and class, which the binary metrics reuse.
+    """
+    support = np.asarray((items["truth"].T @ w.T).T)
+    npred = np.asarray((items["predicted"].T @ w.T).T)
+    tp = np.asarray((items["hits"].T @ w.T).T)
+    total = w.sum(axis=1)
+    precision = _safe_div(tp, npred)
+    recall = _safe_div(tp, support)
+    f1 = _safe_div(2 * precision * recall, precision + recall)
+    out[:, col["macro_avg.precision"]] = precision.mean(axis=1)
+    out[:, col["macro_avg.recall"]] = recall.mean(axis=1)
+    out[:, col["macro_avg.f1"]] = f1.mean(axis=1)
+    out[:, col["weighted_avg.precision"]] = (precision * support).sum(axis=1) / total
+    out[:, col["weighted_avg.recall"]] = (recall * support).sum(axis=1) / total
+    out[:, col["weighted_avg.f1"]] = (f1 * support).sum(axis=1) / total
+    out[:, [col[f"per_class.{name}.f1"] for name in names]] = f1
+    if f"per_class.{names[0]}.recall" in col:
+        out[:, [col[f"per_class.{name}.recall"] for name in names]] = _safe_div(
+            tp, support, math.nan
+        )
+        out[:, [col[f"per_class.{name}.precision"] for name in names]] = _safe_div(
+            tp, npred, math.nan
+        )
+    bins = items["bins"]
+    conf_sum = np.asarray((bins.T @ (w * items["conf"]).T).T)
+    right_sum = np.asarray((bins.T @ (w * items["top_right"]).T).T)
+    out[:, col["calibration.ece"]] = np.abs(conf_sum - right_sum).sum(axis=1) / total
+    out[:, col["calibration.brier"]] = (w @ items["brier"]) / total
+    if "accuracy" in col:
+        out[:, col["accuracy"]] = (w @ items["correct"]) / total
+    if "top5_accuracy" in col and items["top5"] is not None:
+        out[:, col["top5_accuracy"]] = (w @ items["top5"]) / total
+    return support, tp
+
+
+def _fill_binary_metrics(
+    out: np.ndarray,
+    col: dict[str, int],
+    w: Any,
+    support: np.ndarray,
+    tp: np.ndarray,
+    ranked: tuple[np.ndarray, ...],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sensitivity … NPV (when bootstrapped), ROC AUC and PR AUC of a chunk of resamples.
+
+    Returns:
+        The chunk's ROC and PR band rows (:func:`_roc_band_rows`, :func:`_pr_band_rows`).
+    """
+    tp1, fn1 = tp[:, 1], support[:, 1] - tp[:, 1]
+    tn0, fp0 = tp[:, 0], support[:, 0] - tp[:, 0]
+    if "binary.sensitivity" in col:
+        for key, a, b in (
+            ("sensitivity", tp1, tp1 + fn1),
+            ("specificity", tn0, tn0 + fp0),
+            ("ppv", tp1, tp1 + fp0),
+            ("npv", tn0, tn0 + fn1),
+        ):
+            out[:, col[f"binary.{key}"]] = _safe_div(a, b, math.nan)
+    tps, fps, p_tot, n_tot = _binary_weighted_curves(*ranked, w)
+    with np.errstate(all="ignore"):
+        tpr = np.concatenate([np.zeros((w.shape[0], 1)), tps / p_tot], axis=1)
+        fpr = np.concatenate([np.zeros((w.shape[0], 1)), fps / n_tot], axis=1)
+        auc = np.trapezoid(tpr, fpr, axis=1)
+        auc[(p_tot[:, 0] == 0) | (n_tot[:, 0] == 0)] = np.nan
+        prec = tps / np.maximum(tps + fps, 1e-300)
+        rec = tps / p_tot
+        ap = np.sum(np.diff(np.concatenate([np.zeros((w.shape[0], 1)), rec], 1)) * prec, 1)
+        ap[p_tot[:, 0] == 0] = np.nan
+    if "binary.roc_auc" in col:
+        out[:, col["binary.roc_auc"]] = auc
+    out[:, col["binary.pr_auc"]] = ap
+    return _roc_band_rows(fpr, tpr), _pr_band_rows(rec, prec)
 
 
 def _roc_band_rows(fpr: np.ndarray, tpr: np.ndarray) -> np.ndarray:
