@@ -162,6 +162,31 @@ def render_html(report: EvalReport, images: dict[str, Path] | None = None) -> st
             ``pr.png``, ``reliability.png``); missing ones are drawn here.
     """
     metrics = report.to_dict()
+    pngs = _plot_pngs(report, images)
+    meta = metrics.get("meta", {})
+    title = f"Evaluation — {Path(str(meta.get('model', 'model'))).name or 'model'}"
+    parts = [f"<h1>{_e(title)}</h1>", _byline(metrics)]
+    parts += _leakage_section(metrics)
+    parts += _headline_section(metrics)
+    parts += _calibration_section(metrics, pngs)
+    parts += _curves_section(metrics, pngs)
+    parts += _confusion_section(report, pngs)
+    parts += _per_class_section(report, metrics.get("ci", {}))
+    parts += _subgroups_section(report, metrics)
+    parts += _groups_section(metrics)
+    parts += _gallery_section(report)
+    skipped = meta.get("skipped") or []
+    if skipped:
+        parts.append(f'<p class="muted">{len(skipped)} unreadable item(s) skipped.</p>')
+    body = "\n".join(parts)
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{_e(title)}</title><style>{_CSS}</style></head>\n<body>\n{body}\n</body></html>\n"
+    )
+
+
+def _plot_pngs(report: EvalReport, images: dict[str, Path] | None) -> dict[str, bytes]:
+    """The page's plots as PNG bytes: the written ones read back, missing ones drawn."""
     images = dict(images or {})
     with tempfile.TemporaryDirectory() as tmp:
         from alexkit import report as rep
@@ -178,33 +203,36 @@ def render_html(report: EvalReport, images: dict[str, Path] | None = None) -> st
             if path is None or not Path(path).is_file():
                 path = plot(report, Path(tmp) / name)
             pngs[name] = Path(path).read_bytes()
+    return pngs
 
+
+def _byline(metrics: dict[str, Any]) -> str:
     meta = metrics.get("meta", {})
-    level = metrics.get("ci_level")
-    parts: list[str] = []
-    title = f"Evaluation — {Path(str(meta.get('model', 'model'))).name or 'model'}"
-    parts.append(f"<h1>{_e(title)}</h1>")
     stamp = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    parts.append(
+    return (
         f'<p class="muted">data: {_e(meta.get("data", ""))} · {metrics["num_samples"]} items · '
         f"{metrics['num_classes']} classes · tta: {_e(meta.get('tta', 'center'))} · "
         f"written {stamp} by alexkit</p>"
     )
 
+
+def _leakage_section(metrics: dict[str, Any]) -> list[str]:
     leak = metrics.get("leakage")
-    if leak:
-        from alexkit.leakage import leakage_message
+    if not leak:
+        return []
+    from alexkit.leakage import leakage_message
 
-        if leak.get("leaked"):
-            parts.append(f'<p class="warn">Leakage: {_e(leakage_message(leak))}.</p>')
-        else:
-            parts.append(
-                f'<p class="ok">Leakage check: none of the {leak["checked"]} items is '
-                "byte-identical to a training/validation item, and no group is shared.</p>"
-            )
+    if leak.get("leaked"):
+        return [f'<p class="warn">Leakage: {_e(leakage_message(leak))}.</p>']
+    return [
+        f'<p class="ok">Leakage check: none of the {leak["checked"]} items is '
+        "byte-identical to a training/validation item, and no group is shared.</p>"
+    ]
 
-    # Headline metrics.
-    parts.append("<h2>Headline metrics</h2>")
+
+def _headline_section(metrics: dict[str, Any]) -> list[str]:
+    level = metrics.get("ci_level")
+    parts = ["<h2>Headline metrics</h2>"]
     ci, how = metrics.get("ci", {}), metrics.get("ci_method", {})
     rows = []
     for label, key, value in headline_metrics(metrics):
@@ -225,33 +253,41 @@ def render_html(report: EvalReport, images: dict[str, Path] | None = None) -> st
             )
             + ".</p>"
         )
+    return parts
 
-    # Calibration.
+
+def _calibration_section(metrics: dict[str, Any], pngs: dict[str, bytes]) -> list[str]:
     cal = metrics.get("calibration")
-    if cal:
-        parts.append("<h2>Calibration</h2>")
-        temp = cal.get("temperature")
-        note = (
-            f"probabilities scaled by the run's saved temperature T = {temp:.4g} "
-            "(fitted on its validation split)"
-            if temp is not None
-            else "raw model probabilities (no temperature applied)"
-        )
-        rows = [
-            [f"ECE ({cal['bins']} equal-width top-label bins)", _num(cal["ece"])],
-            ["Brier score", _num(cal["brier"])],
-            ["negative log-likelihood", _num(cal.get("nll"))],
+    if not cal:
+        return []
+    temp = cal.get("temperature")
+    note = (
+        f"probabilities scaled by the run's saved temperature T = {temp:.4g} "
+        "(fitted on its validation split)"
+        if temp is not None
+        else "raw model probabilities (no temperature applied)"
+    )
+    rows = [
+        [f"ECE ({cal['bins']} equal-width top-label bins)", _num(cal["ece"])],
+        ["Brier score", _num(cal["brier"])],
+        ["negative log-likelihood", _num(cal.get("nll"))],
+    ]
+    raw = cal.get("uncalibrated")
+    if raw:
+        rows += [
+            ["ECE before temperature scaling", _num(raw["ece"])],
+            ["Brier before temperature scaling", _num(raw["brier"])],
         ]
-        raw = cal.get("uncalibrated")
-        if raw:
-            rows += [
-                ["ECE before temperature scaling", _num(raw["ece"])],
-                ["Brier before temperature scaling", _num(raw["brier"])],
-            ]
-        parts.append(f'<p class="muted">{_e(note)}.</p>' + _table(["metric", "value"], rows))
-        parts.append(f'<div class="figs">{_img(pngs["reliability.png"], "reliability")}</div>')
+    return [
+        "<h2>Calibration</h2>",
+        f'<p class="muted">{_e(note)}.</p>' + _table(["metric", "value"], rows),
+        f'<div class="figs">{_img(pngs["reliability.png"], "reliability")}</div>',
+    ]
 
-    # Binary curves and operating points.
+
+def _curves_section(metrics: dict[str, Any], pngs: dict[str, bytes]) -> list[str]:
+    """Binary tasks: ROC and PR plots, and the metrics at the run's saved thresholds."""
+    parts = []
     if "roc.png" in pngs:
         parts.append("<h2>ROC and precision-recall</h2>")
         parts.append(
@@ -278,9 +314,11 @@ def render_html(report: EvalReport, images: dict[str, Path] | None = None) -> st
         parts.append(
             _table(["point", "threshold", "sensitivity", "specificity", "PPV", "NPV"], rows)
         )
+    return parts
 
-    # Confusion.
-    parts.append("<h2>Confusion matrix</h2>")
+
+def _confusion_section(report: EvalReport, pngs: dict[str, bytes]) -> list[str]:
+    parts = ["<h2>Confusion matrix</h2>"]
     parts.append(
         f'<div class="figs">{_img(pngs["confusion_matrix.png"], "confusion matrix")}</div>'
     )
@@ -302,9 +340,10 @@ def render_html(report: EvalReport, images: dict[str, Path] | None = None) -> st
     if pairs:
         parts.append("<h3>Most confused pairs</h3>")
         parts.append(_table(["true", "predicted as", "count", "% of true class"], pairs, left=2))
+    return parts
 
-    # Per class.
-    parts.append("<h2>Per class</h2>")
+
+def _per_class_section(report: EvalReport, ci: dict[str, Any]) -> list[str]:
     rows = []
     for i, name in enumerate(report.class_names):
         cells = []
@@ -312,95 +351,97 @@ def render_html(report: EvalReport, images: dict[str, Path] | None = None) -> st
             cells.append(f"{_num(arr[i])} ({_ci_cell(ci.get(f'per_class.{name}.{m}'))})")
         cells.append(f"{_num(report.f1[i])} ({_ci_cell(ci.get(f'per_class.{name}.f1'))})")
         rows.append([_e(name), *cells, str(int(report.support[i]))])
-    parts.append(_table(["class", "precision (CI)", "recall (CI)", "F1 (CI)", "support"], rows))
+    header = ["class", "precision (CI)", "recall (CI)", "F1 (CI)", "support"]
+    return ["<h2>Per class</h2>", _table(header, rows)]
 
-    # Subgroups.
+
+def _subgroups_section(report: EvalReport, metrics: dict[str, Any]) -> list[str]:
     sub = metrics.get("subgroups")
-    if sub:
-        parts.append("<h2>Subgroups</h2>")
-        parts.append(
-            f'<p class="muted">{_e(sub["file"])}: {sub["matched"]} items matched, '
-            f"{sub['unmatched']} not listed.</p>"
-        )
-        rows = []
-        for attr, values in sub["attributes"].items():
-            for value, e in values.items():
-                sci = e.get("ci", {})
-                cells = [
-                    f"{_num(e.get(k))} ({_ci_cell(sci.get(k))})"
-                    for k in ("accuracy", "macro_avg.f1", "binary.roc_auc")
-                    if k in e
-                ]
-                rows.append([_e(attr), _e(value), str(e["n"]), *cells])
-        head = ["attribute", "value", "n", "accuracy (CI)", "macro F1 (CI)"]
-        if report.binary is not None:
-            head.append("ROC AUC (CI)")
-        parts.append(_table(head, rows, left=2))
+    if not sub:
+        return []
+    parts = ["<h2>Subgroups</h2>"]
+    parts.append(
+        f'<p class="muted">{_e(sub["file"])}: {sub["matched"]} items matched, '
+        f"{sub['unmatched']} not listed.</p>"
+    )
+    rows = []
+    for attr, values in sub["attributes"].items():
+        for value, e in values.items():
+            sci = e.get("ci", {})
+            cells = [
+                f"{_num(e.get(k))} ({_ci_cell(sci.get(k))})"
+                for k in ("accuracy", "macro_avg.f1", "binary.roc_auc")
+                if k in e
+            ]
+            rows.append([_e(attr), _e(value), str(e["n"]), *cells])
+    head = ["attribute", "value", "n", "accuracy (CI)", "macro F1 (CI)"]
+    if report.binary is not None:
+        head.append("ROC AUC (CI)")
+    parts.append(_table(head, rows, left=2))
+    return parts
 
-    # Clip / volume level.
+
+def _groups_section(metrics: dict[str, Any]) -> list[str]:
+    """Clip / volume level."""
     groups = metrics.get("groups")
-    if groups:
-        parts.append(f"<h2>Per {_e(groups['level'])}</h2>")
-        gci = groups.get("ci", {})
-        rows = [
-            [f"{_e(groups['level'])}s", str(groups["num_groups"]), ""],
-            ["accuracy", _num(groups["accuracy"]), _ci_cell(gci.get("accuracy"))],
-            ["macro F1", _num(groups["macro_avg"]["f1"]), _ci_cell(gci.get("macro_avg.f1"))],
-        ]
-        if groups.get("binary"):
-            gb = groups["binary"]
-            rows.append(["ROC AUC", _num(gb.get("roc_auc")), _ci_cell(gci.get("binary.roc_auc"))])
-        parts.append(
-            f'<p class="muted">{_e(groups["aggregation"])}.</p>'
-            + _table(["metric", "value", "CI"], rows)
-        )
+    if not groups:
+        return []
+    gci = groups.get("ci", {})
+    rows = [
+        [f"{_e(groups['level'])}s", str(groups["num_groups"]), ""],
+        ["accuracy", _num(groups["accuracy"]), _ci_cell(gci.get("accuracy"))],
+        ["macro F1", _num(groups["macro_avg"]["f1"]), _ci_cell(gci.get("macro_avg.f1"))],
+    ]
+    if groups.get("binary"):
+        gb = groups["binary"]
+        rows.append(["ROC AUC", _num(gb.get("roc_auc")), _ci_cell(gci.get("binary.roc_auc"))])
+    return [
+        f"<h2>Per {_e(groups['level'])}</h2>",
+        f'<p class="muted">{_e(groups["aggregation"])}.</p>'
+        + _table(["metric", "value", "CI"], rows),
+    ]
 
-    # Gallery.
+
+def _gallery_section(report: EvalReport) -> list[str]:
+    """The most confidently wrong items, with their Grad-CAM overlays when drawn."""
     wrong = gallery_indices(report)
     overlays = report.explanations or {}
-    parts.append("<h2>Most confidently wrong</h2>")
+    parts = ["<h2>Most confidently wrong</h2>"]
     if not wrong.size:
         parts.append("<p>No misclassified items.</p>")
-    else:
-        if overlays:
-            parts.append(
-                '<p class="muted">Beside each image: Grad-CAM at conv5 for the predicted '
-                "class (where the network looked to make the mistake; 13×13 resolution, "
-                "a hint of shortcuts, not a segmentation).</p>"
-            )
-        cards = []
-        for i in wrong:
-            item = report.paths[i] if report.paths else str(i)
-            thumb = _thumbnail(item) if report.paths else None
-            picture = (
-                _img(thumb, Path(item).name, "image/jpeg")
-                if thumb
-                else '<div class="muted">(no preview)</div>'
-            )
-            overlay = overlays.get(int(i))
-            if overlay is not None:
-                alt = f"Grad-CAM of {Path(item).name}"
-                picture += _img(overlay_jpeg(overlay), alt, "image/jpeg").replace(
-                    "<img ", '<img class="gradcam" ', 1
-                )
-            t, p = int(report.y_true[i]), int(report.y_pred[i])
-            wide = " wide" if overlay is not None else ""
-            cards.append(
-                f'<div class="card{wide}">{picture}'
-                f'<div title="{_e(item)}">{_e(Path(item).name)}</div>'
-                f"<div>true: <b>{_e(report.class_names[t])}</b></div>"
-                f"<div>predicted: <b>{_e(report.class_names[p])}</b> "
-                f"({report.probs[i, p]:.3f})</div></div>"
-            )
-        parts.append(f'<div class="gallery">{"".join(cards)}</div>')
+        return parts
+    if overlays:
+        parts.append(
+            '<p class="muted">Beside each image: Grad-CAM at conv5 for the predicted '
+            "class (where the network looked to make the mistake; 13×13 resolution, "
+            "a hint of shortcuts, not a segmentation).</p>"
+        )
+    cards = [_gallery_card(report, int(i), overlays.get(int(i))) for i in wrong]
+    parts.append(f'<div class="gallery">{"".join(cards)}</div>')
+    return parts
 
-    skipped = meta.get("skipped") or []
-    if skipped:
-        parts.append(f'<p class="muted">{len(skipped)} unreadable item(s) skipped.</p>')
-    body = "\n".join(parts)
+
+def _gallery_card(report: EvalReport, i: int, overlay: bytes | None) -> str:
+    item = report.paths[i] if report.paths else str(i)
+    thumb = _thumbnail(item) if report.paths else None
+    picture = (
+        _img(thumb, Path(item).name, "image/jpeg")
+        if thumb
+        else '<div class="muted">(no preview)</div>'
+    )
+    if overlay is not None:
+        alt = f"Grad-CAM of {Path(item).name}"
+        picture += _img(overlay_jpeg(overlay), alt, "image/jpeg").replace(
+            "<img ", '<img class="gradcam" ', 1
+        )
+    t, p = int(report.y_true[i]), int(report.y_pred[i])
+    wide = " wide" if overlay is not None else ""
     return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{_e(title)}</title><style>{_CSS}</style></head>\n<body>\n{body}\n</body></html>\n"
+        f'<div class="card{wide}">{picture}'
+        f'<div title="{_e(item)}">{_e(Path(item).name)}</div>'
+        f"<div>true: <b>{_e(report.class_names[t])}</b></div>"
+        f"<div>predicted: <b>{_e(report.class_names[p])}</b> "
+        f"({report.probs[i, p]:.3f})</div></div>"
     )
 
 

@@ -374,6 +374,20 @@ def render_tables(report: EvalReport, *, max_table_classes: int = MAX_TABLE_CLAS
     With more than ``max_table_classes`` classes the confusion matrix is replaced by
     the most frequent (true → predicted) confusions, which a person can read.
     """
+    if len(report.class_names) <= max_table_classes:
+        confusion = _confusion_table(report)
+    else:
+        confusion = _top_confusions_table(report)
+    tables = [_summary_table(report), _per_class_table(report), confusion]
+    if report.operating_points:
+        tables.append(operating_points_table(report.operating_points))
+    if report.subgroups:
+        tables.append(subgroups_table(report.subgroups))
+    return tables
+
+
+def _summary_table(report: EvalReport) -> Any:
+    """Headline metrics with intervals, calibration, how the intervals were made."""
     from rich.table import Table
 
     level = f" ({report.intervals.level:.0%} CI)" if report.intervals is not None else ""
@@ -415,6 +429,12 @@ def render_tables(report: EvalReport, *, max_table_classes: int = MAX_TABLE_CLAS
         summary.add_row(
             f"accuracy per file ({report.groups['num_groups']})", f"{report.groups['accuracy']:.4f}"
         )
+    return summary
+
+
+def _per_class_table(report: EvalReport) -> Any:
+    """Precision, recall, F1 (with intervals) and support per class, then the averages."""
+    from rich.table import Table
 
     per_class = Table(title="Per class")
     per_class.add_column("class", overflow="fold")
@@ -436,44 +456,49 @@ def render_tables(report: EvalReport, *, max_table_classes: int = MAX_TABLE_CLAS
     ):
         cells = [with_ci(report, f"{key}.{m}", avg[m]) for m in ("precision", "recall", "f1")]
         per_class.add_row(label, *cells, total)
+    return per_class
 
-    c = len(report.class_names)
-    if c <= max_table_classes:
-        confusion = Table(title="Confusion matrix (rows: true, columns: predicted)")
-        confusion.add_column("true \\ pred", style="bold")
-        for name in report.class_names:
-            confusion.add_column(name, justify="right")
-        for i, name in enumerate(report.class_names):
-            cells = [
-                f"[bold]{n}[/]" if i == j else (str(n) if n else "[dim]0[/]")
-                for j, n in enumerate(report.confusion[i])
-            ]
-            confusion.add_row(name, *cells)
-    else:
-        confusion = Table(title="Most frequent confusions (full matrix in confusion_matrix.csv)")
-        confusion.add_column("true")
-        confusion.add_column("predicted as")
-        confusion.add_column("count", justify="right")
-        confusion.add_column("% of true class", justify="right")
-        off = report.confusion.copy()
-        np.fill_diagonal(off, 0)
-        flat = np.argsort(-off, axis=None, kind="stable")[:15]
-        for k in flat:
-            i, j = divmod(int(k), c)
-            if off[i, j] == 0:
-                break
-            confusion.add_row(
-                report.class_names[i],
-                report.class_names[j],
-                str(int(off[i, j])),
-                f"{report.confusion_normalized[i, j]:.1%}",
-            )
-    tables = [summary, per_class, confusion]
-    if report.operating_points:
-        tables.append(operating_points_table(report.operating_points))
-    if report.subgroups:
-        tables.append(subgroups_table(report.subgroups))
-    return tables
+
+def _confusion_table(report: EvalReport) -> Any:
+    """The full confusion matrix (few classes)."""
+    from rich.table import Table
+
+    confusion = Table(title="Confusion matrix (rows: true, columns: predicted)")
+    confusion.add_column("true \\ pred", style="bold")
+    for name in report.class_names:
+        confusion.add_column(name, justify="right")
+    for i, name in enumerate(report.class_names):
+        cells = [
+            f"[bold]{n}[/]" if i == j else (str(n) if n else "[dim]0[/]")
+            for j, n in enumerate(report.confusion[i])
+        ]
+        confusion.add_row(name, *cells)
+    return confusion
+
+
+def _top_confusions_table(report: EvalReport) -> Any:
+    """The 15 most frequent (true → predicted) confusions (many classes)."""
+    from rich.table import Table
+
+    confusion = Table(title="Most frequent confusions (full matrix in confusion_matrix.csv)")
+    confusion.add_column("true")
+    confusion.add_column("predicted as")
+    confusion.add_column("count", justify="right")
+    confusion.add_column("% of true class", justify="right")
+    off = report.confusion.copy()
+    np.fill_diagonal(off, 0)
+    flat = np.argsort(-off, axis=None, kind="stable")[:15]
+    for k in flat:
+        i, j = divmod(int(k), len(report.class_names))
+        if off[i, j] == 0:
+            break
+        confusion.add_row(
+            report.class_names[i],
+            report.class_names[j],
+            str(int(off[i, j])),
+            f"{report.confusion_normalized[i, j]:.1%}",
+        )
+    return confusion
 
 
 def _fmt_ci(value: float | None, ci: list | None) -> str:
