@@ -146,14 +146,7 @@ def pretrain(
         "name": name,
     }
     args = merge_saved_args(out_path, resume, args)
-    if args["precision"] is not None:
-        # "auto" (and aliases such as bf16) become the policy chosen on this machine, and
-        # that is what config.json keeps: a resume elsewhere does not choose again.
-        from alexkit.precision import choose_precision
-
-        choice = choose_precision(args["precision"])
-        args["precision"] = choice.policy
-        emit(progress, "precision", **choice.as_dict())
+    _choose_precision(args, progress)
     if args["data"] is None:
         raise UsageError("--data is required (it may be left out only with --resume).")
     resolved = _resolve_options(args)
@@ -168,6 +161,18 @@ def pretrain(
             ten_crop=ten_crop, register=register, name=name, progress=progress, t0=t0,
         )  # fmt: skip
     return result
+
+
+def _choose_precision(args: dict[str, Any], progress: ProgressFn | None) -> None:
+    """``auto`` (and aliases such as ``bf16``) become the policy chosen on this machine;
+    that is what ``config.json`` keeps, so a resume elsewhere does not choose again."""
+    if args["precision"] is None:
+        return
+    from alexkit.precision import choose_precision
+
+    choice = choose_precision(args["precision"])
+    args["precision"] = choice.policy
+    emit(progress, "precision", **choice.as_dict())
 
 
 def _resolve_options(args: dict[str, Any]) -> dict[str, Any]:
