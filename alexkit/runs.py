@@ -359,19 +359,24 @@ class CheckpointManager:
             raise self._write_failure(path, code, needed) from exc
         return path
 
-    def save_best(
-        self, epoch: int, arrays: Sequence[np.ndarray], layout: dict[str, Any] | None
-    ) -> Path:
-        """Write the best epoch's model arrays to ``best-<epoch>/`` atomically."""
+    def save_best(self, epoch: int, checkpoint: Path) -> Path:
+        """Keep ``checkpoint``'s model arrays as the best epoch's, in ``best-<epoch>/``.
+
+        The files are hard links (no bytes written; they outlive the checkpoint's
+        pruning), or copies where the filesystem has no hard links.
+        """
         final = self.directory / f"{BEST_PREFIX}{int(epoch):06d}"
         tmp = self.directory / f".tmp-{final.name}-{os.getpid()}"
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
-            _save_arrays(tmp / "model.npz", arrays)
-            if layout is not None:
-                (tmp / LAYOUT).write_text(json.dumps(layout), encoding="utf-8")
+            for name in ("model.npz", LAYOUT):
+                if (checkpoint / name).exists():
+                    try:
+                        os.link(checkpoint / name, tmp / name)
+                    except OSError:
+                        shutil.copyfile(checkpoint / name, tmp / name)
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
@@ -382,8 +387,7 @@ class CheckpointManager:
             code = write_errno(exc)
             if code is None:
                 raise
-            needed = sum(np.asarray(a).nbytes for a in arrays)
-            raise self._write_failure(final, code, needed) from exc
+            raise self._write_failure(final, code, directory_bytes(checkpoint)) from exc
         return final
 
     def load_best(self, epoch: int) -> LoadedCheckpoint | None:
@@ -474,14 +478,17 @@ def _read_layout(folder: Path) -> dict[str, Any] | None:
 
 
 def directory_bytes(path: str | os.PathLike) -> int:
-    """Bytes of the regular files under ``path`` (0 if it does not exist)."""
-    total = 0
+    """Bytes of the regular files under ``path`` (hard links once; 0 if it does not exist)."""
+    total, seen = 0, set()
     for root, _dirs, files in os.walk(path):
         for name in files:
             try:
-                total += os.lstat(os.path.join(root, name)).st_size
+                info = os.lstat(os.path.join(root, name))
             except OSError:
-                pass
+                continue
+            if (info.st_dev, info.st_ino) not in seen:
+                seen.add((info.st_dev, info.st_ino))
+                total += info.st_size
     return total
 
 

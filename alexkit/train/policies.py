@@ -199,6 +199,8 @@ class Checkpoints:
         self.initial: list[str] | None = None
         # The stage's frozen variables: a checkpoint layout, or None (complete checkpoints).
         self.layout: dict[str, Any] | None = None
+        # An epoch that improved, whose checkpoint is to be kept as the best model.
+        self.pending_best: int | None = None
 
     def due(self, global_step: int) -> bool:
         """Whether step ``global_step`` ends a ``checkpoint_every`` period."""
@@ -249,6 +251,9 @@ class Checkpoints:
         # Optimizer slot names derive from layer names, so they identify slots across runs.
         state["optimizer_paths"] = [v.path for v in optimizer_variables]
         path = self.manager.save(model_arrays, optimizer_arrays, state, layout=layout)
+        if self.pending_best is not None:
+            self.manager.save_best(self.pending_best, path)
+            self.pending_best = None
         emit(self.progress, "checkpoint", path=str(path), global_step=state["global_step"])
         return path
 
@@ -267,11 +272,11 @@ class Checkpoints:
         return arrays, layout
 
     def save_best(self, model: Any, epoch: int) -> None:
-        """Keep the best epoch's model as its changed variables (``checkpoints/best-*``)."""
-        if not self.writes or self.keep == 0:
-            return
-        arrays, layout = self._lean_arrays(model)
-        self.manager.save_best(epoch, arrays, layout)
+        """Mark ``epoch`` the best: the checkpoint that ends it is kept as ``best-<epoch>``.
+
+        No bytes of its own: the epoch-end checkpoint written next is hard-linked.
+        """
+        self.pending_best = int(epoch)
 
     def load_best(self, model: Any, epoch: int | None) -> list[np.ndarray] | None:
         """The best model's weights (``model.weights`` order) saved for ``epoch``, or None.

@@ -122,6 +122,15 @@ def test_head_only_checkpoint_holds_the_head_and_resumes_to_the_same_history(tmp
     best = sorted((tmp_path / "run" / "checkpoints").glob("best-*"))
     assert best  # (model.keras too: Ctrl-C writes it from the best weights)
     assert all(sum(f.stat().st_size for f in b.iterdir()) < head + 4096 for b in best)
+    saved_best = json.loads((newest / "state.json").read_text())["best"]["epoch"]
+    assert best[-1].name == f"best-{saved_best:06d}"
+    # As after a kill -9: no model.keras; --resume rebuilds it from best-<epoch>.
+    (tmp_path / "run" / "model.keras").unlink()
+    probe = _engine(tmp_path, "run", stages, resume=True)
+    probe.model = probe.build_model()
+    probe.checkpoints.note_initial(probe.model)
+    weights = probe.checkpoints.load_best(probe.model, saved_best)
+    assert weights is not None and len(weights) == len(probe.model.weights)
 
     resumed = _engine(tmp_path, "run", stages, resume=True).run_all()
     assert _rows(resumed["history"]) == _rows(reference["history"])
