@@ -498,14 +498,28 @@ def real_runs(tmp_path_factory):
     return out
 
 
-# ONNX conversion of the full network is the slow part: ~50 s per variant on 2 idle cores
-# (2 min when the machine is busy): tf2onnx copies the 230 MB of constants between passes.
+# The full 57M-parameter network, each export in its own process: TensorFlow keeps every
+# conversion's frozen graph for the life of a process (one process doing all six grew past
+# 20 GB and was killed), so in-process exports would starve the rest of the suite.
+# ONNX of the full network is the slow part (~50 s a variant on 2 idle cores, 2 min busy:
+# tf2onnx copies the 230 MB of constants between passes): opt-in with `pytest -m heavy`;
+# the narrow AlexNet above checks ONNX parity for both variants in every run.
 @pytest.mark.slow
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize(
+    "fmt", [f if f != "onnx" else pytest.param(f, marks=pytest.mark.heavy) for f in FORMATS]
+)
 @pytest.mark.parametrize("variant", ["original", "torchvision"])
 def test_real_alexnet_exports_match_keras(real_runs, tmp_path, variant, fmt):
-    result = export_model(str(real_runs[variant]), fmt, tmp_path / "real")
-    assert result.parity["claimed"] is True
-    assert result.parity["max_abs_diff"] <= PARITY_ATOL
-    assert result.parity["top1_disagreements"] == 0
-    assert result.size_bytes > 200e6  # the 57M float32 parameters are all there
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "alexkit", "export", str(real_runs[variant])]
+    args += ["--format", fmt, "--out", str(tmp_path / "real"), "--json"]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    parity = result["parity"]
+    assert parity["claimed"] is True
+    assert parity["max_abs_diff"] <= PARITY_ATOL
+    assert parity["top1_disagreements"] == 0
+    assert result["size_bytes"] > 200e6  # the 57M float32 parameters are all there
