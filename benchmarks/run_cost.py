@@ -67,10 +67,16 @@ def cpu_model() -> str:
 
 
 def dir_size(path: Path) -> int:
-    """Bytes of the regular files under ``path`` (0 if it does not exist)."""
+    """Bytes on disk of the regular files under ``path``, each inode once (hard links: the
+    best checkpoint is a link to an epoch's checkpoint); 0 if it does not exist."""
     if not path.exists():
         return 0
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+    seen: dict[tuple[int, int], int] = {}
+    for p in path.rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            st = p.stat()
+            seen[(st.st_dev, st.st_ino)] = st.st_size
+    return sum(seen.values())
 
 
 def measure(name: str, argv: list[str], out_dir: Path, env: dict[str, str]) -> dict:

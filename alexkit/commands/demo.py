@@ -17,6 +17,12 @@ def register(app: typer.Typer) -> None:
         quick: bool = typer.Option(False, "--quick", help="A much smaller run (about a minute)."),
         force: bool = typer.Option(False, "--force", help="Replace --out if it holds files."),
         seed: int = typer.Option(0, "--seed", help="Seed of the data choice and training."),
+        keep_checkpoints: int = typer.Option(
+            0,
+            "--keep-checkpoints",
+            min=0,
+            help="Checkpoints each training run keeps (default 0: none; the demo has no --resume).",
+        ),
         json_output: bool = typer.Option(False, "--json", help="Print only JSON on stdout."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No live progress view."),
     ) -> None:
@@ -25,7 +31,7 @@ def register(app: typer.Typer) -> None:
         Pretrains AlexNet on digits 0-4, fine-tunes on a few labelled digits 5-9 twice
         (from those weights and from scratch), evaluates both, extracts fc7 features.
 
-        Example: [bold]alexkit demo --out alexkit-demo[/]   (≈10 min on 2 cores; --quick ≈1 min)
+        Example: [bold]alexkit demo --out alexkit-demo[/]   (≈5–9 min on 2 cores; --quick ≈1 min)
         """
         from alexkit.commands.train import LiveView
         from alexkit.demo import run_demo
@@ -38,8 +44,9 @@ def register(app: typer.Typer) -> None:
 
         with LiveView(enabled=not quiet and not json_output) as view:
             result = run_demo(
-                out, quick=quick, force=force, seed=seed, progress=say, train_progress=view
-            )
+                out, quick=quick, force=force, seed=seed, progress=say, train_progress=view,
+                keep_checkpoints=keep_checkpoints,
+            )  # fmt: skip
         if json_output:
             print_json(result.to_dict())
             return
