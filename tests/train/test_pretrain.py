@@ -107,8 +107,8 @@ def test_pretrain_precision_auto_is_chosen_once_and_saved(
     monkeypatch.setattr(precision, "read_cpu_info", lambda *a, **k: cpu)
     monkeypatch.setattr(precision, "gpu_compute_capabilities", lambda *a, **k: [])
     events = []
-    settings = dict(SETTINGS, epochs=1, steps_per_epoch=1, precision="auto")
-    pretrain(imagenet_like, out=tmp_path / "run", register=False, progress=events.append, **settings)
+    settings = dict(SETTINGS, epochs=1, steps_per_epoch=1, precision="auto", register=False)
+    pretrain(imagenet_like, out=tmp_path / "run", progress=events.append, **settings)
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["args"]["precision"] == expected  # a resume elsewhere keeps this one
     chosen = [e for e in events if e["event"] == "precision"]
