@@ -27,6 +27,7 @@ from alexkit.eval_groups import (
     operating_points,
     subgroup_metrics,
 )
+from alexkit.inference import as_text
 from alexkit.loading import (
     align_spec,
     is_exported,  # noqa: F401  (re-exported)
@@ -666,7 +667,7 @@ def explain_gallery(
     crops: dict[str, np.ndarray] = {}
     for x, _, paths in dataset:
         for image, path in zip(x.numpy(), paths.numpy(), strict=True):
-            crops[_decode_str(path)] = image
+            crops[as_text(path)] = image
     shown = [i for i in wanted if str(report.paths[i]) in crops]
     if not shown:
         return {}
@@ -681,7 +682,3 @@ def explain_gallery(
         batch_size=batch_size,
     )
     return dict(zip(shown, pngs, strict=True))
-
-
-def _decode_str(value: Any) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)

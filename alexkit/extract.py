@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from alexkit.errors import MissingExtraError, UsageError
-from alexkit.inference import batch_predictor
+from alexkit.inference import as_text, batch_predictor
 
 FORMATS = ("csv", "parquet", "npy")
 LAYER_CHOICES = ("fc7", "fc6", "pool5", "conv5")
@@ -416,7 +416,7 @@ def iter_features(
     for images, labels, items in dataset:
         feats = predict(images)
         yield (
-            [s.decode("utf-8") if isinstance(s, bytes) else str(s) for s in items.numpy()],
+            [as_text(s) for s in items.numpy()],
             np.asarray(labels),
             feats.reshape(feats.shape[0], -1),
         )
