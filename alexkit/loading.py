@@ -176,3 +176,129 @@ def run_dir_of(model_or_run: Any) -> Path | None:
         return None
     path = Path(model_or_run)
     return path if path.is_dir() else path.parent
+
+
+def model_with_precision(model: Any, precision: str) -> Any:
+    """``model`` computing under ``precision``, with its weights: a rebuild when needed.
+
+    A loaded ``.keras`` file keeps the dtype policy it was saved with (``float32`` for
+    most), so asking for bfloat16 means building the same layers again under the
+    ``mixed_bfloat16`` policy and copying the weights in (variables stay float32 under a
+    mixed policy, so they copy bit for bit). The layers that produce the model's outputs
+    keep ``float32``, as :func:`alexkit.model.build_alexnet` keeps ``predictions``, so
+    softmax probabilities are computed in float32; ``Preprocess`` computes in float32
+    whatever its policy and casts once at its end. A model that already computes as
+    asked is returned as it is (no copy); so is an exported model (``.onnx``, ``.tflite``,
+    SavedModel) asked for float32.
+
+    Args:
+        model: a Keras model (Functional or Sequential; nested models are rebuilt too),
+            or an exported model from :func:`load_trained`.
+        precision: a name :func:`alexkit.precision.resolve_precision` accepts
+            (``float32``, ``mixed_bfloat16``, ``auto``, ``bf16`` …).
+
+    Returns:
+        A model computing in ``precision`` (``model`` itself when it already does).
+
+    Raises:
+        UsageError: an unknown precision name, or a reduced precision asked of an
+            exported model (its precision was fixed when it was exported).
+    """
+    from alexkit.errors import UsageError
+    from alexkit.precision import resolve_precision
+
+    policy = resolve_precision(precision)
+    if getattr(model, "card", None) is not None or not hasattr(model, "get_config"):
+        if policy == "float32":
+            return model
+        raise UsageError(
+            f"--precision {policy} needs a Keras model (a run directory or .keras file); "
+            "an exported model runs in the precision it was exported with."
+        )
+    if _computes_as(model, policy, keep_outputs=True):
+        return model
+    return _rebuilt(model, policy, keep_outputs=True)
+
+
+def layer_policies(model: Any) -> dict[str, str]:
+    """``{layer name: dtype-policy name}`` of every non-input layer (nested: ``outer/inner``)."""
+    import keras
+
+    found: dict[str, str] = {}
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        if isinstance(layer, keras.Model):
+            found.update({f"{layer.name}/{k}": v for k, v in layer_policies(layer).items()})
+        else:
+            found[layer.name] = layer.dtype_policy.name
+    return found
+
+
+def _output_layer_names(model: Any) -> set[str]:
+    names = set()
+    for tensor in model.outputs:
+        history = getattr(tensor, "_keras_history", None)
+        if history is not None:
+            names.add(history[0].name)
+    return names
+
+
+def _wanted_policy(layer: Any, policy: str, outputs: set[str]) -> str:
+    return "float32" if layer.name in outputs else policy
+
+
+def _computes_as(model: Any, policy: str, *, keep_outputs: bool) -> bool:
+    import keras
+
+    outputs = _output_layer_names(model) if keep_outputs else set()
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        if isinstance(layer, keras.Model):
+            if not _computes_as(layer, policy, keep_outputs=False):
+                return False
+        elif layer.dtype_policy.name != _wanted_policy(layer, policy, outputs):
+            return False
+    return True
+
+
+def _rebuilt(model: Any, policy: str, *, keep_outputs: bool) -> Any:
+    """The same graph of fresh layers under ``policy``, then ``model``'s weights copied in."""
+    import keras
+
+    import alexkit.layers  # noqa: F401  (custom layers registered for from_config)
+
+    outputs = _output_layer_names(model) if keep_outputs else set()
+
+    def clone(layer: Any) -> Any:
+        if isinstance(layer, keras.layers.InputLayer):
+            return layer.__class__.from_config(layer.get_config())
+        if isinstance(layer, keras.Model):
+            return _rebuilt(layer, policy, keep_outputs=False)
+        config = layer.get_config()
+        config["dtype"] = _wanted_policy(layer, policy, outputs)
+        return layer.__class__.from_config(config)
+
+    rebuilt = keras.models.clone_model(model, clone_function=clone)
+    rebuilt.set_weights(model.get_weights())
+    return rebuilt
+
+
+def apply_precision(model: Any, precision: Any) -> tuple[Any, Any]:
+    """``(model computing as chosen, the PrecisionChoice)``; ``(model, None)`` for None.
+
+    Args:
+        model: as for :func:`model_with_precision`.
+        precision: None (the model as it is), a precision name (``auto`` resolved on
+            this machine) or a :class:`alexkit.precision.PrecisionChoice` made already.
+
+    Raises:
+        UsageError: an unknown name, or bfloat16 asked of an exported model.
+    """
+    from alexkit.precision import as_choice
+
+    choice = as_choice(precision)
+    if choice is None:
+        return model, None
+    return model_with_precision(model, choice.policy), choice

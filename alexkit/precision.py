@@ -48,6 +48,10 @@ BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 #: Lowest NVIDIA compute capability with native bfloat16 (Ampere).
 BF16_GPU_CAPABILITY = (8, 0)
 
+#: What ``extract``, ``evaluate``, ``predict`` and ``explain`` compute in unless told:
+#: float32 until bfloat16's accuracy parity is measured (``benchmarks/bf16_parity.py``).
+DEFAULT_INFERENCE_PRECISION = "float32"
+
 
 @dataclass(frozen=True)
 class CpuInfo:
@@ -213,3 +217,17 @@ def choose_precision(
     found = [flag for flag in BF16_CPU_FLAGS if flag in info.flags]
     why = f"has {' and '.join(found)}" if found else "has neither amx_bf16 nor avx512_bf16"
     return PrecisionChoice("auto", policy, f"auto: CPU {info.model_name} {why}")
+
+
+def as_choice(precision: str | PrecisionChoice | None) -> PrecisionChoice | None:
+    """A :class:`PrecisionChoice` from a name (resolved here) or a choice made already.
+
+    Library functions take either, so a CLI can choose (and print) once before loading a
+    model and pass its choice on; None stays None ("the model as it is").
+
+    Raises:
+        UsageError: an unknown precision name.
+    """
+    if precision is None or isinstance(precision, PrecisionChoice):
+        return precision
+    return choose_precision(precision)
