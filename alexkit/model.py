@@ -1,6 +1,6 @@
 """AlexNet as a Keras 3 Functional model, plus head swapping, freezing and feature taps.
 
-Two variants:
+Three variants (their facts live in :mod:`alexkit.variants`):
 
 - ``original``: Krizhevsky, Sutskever & Hinton, "ImageNet Classification with Deep
   Convolutional Neural Networks" (NIPS 2012) — 227×227 input, grouped conv2/4/5 (the
@@ -9,6 +9,9 @@ Two variants:
 - ``torchvision``: the single-tower "One weird trick" layout (Krizhevsky 2014,
   arXiv:1404.5997) that torchvision ships — 224×224 input, widths 64-192-384-256-256, no
   LRN, no groups, dropout before fc6 and fc7. 61,100,840 parameters.
+- ``tiny``: the ``original`` layout at 1/8 of the widths (conv 12-32-48-48-32, fc6/fc7 128)
+  on a 99×99 input: a smoke-test network for pipelines and tests (202,456 parameters,
+  seconds instead of minutes), with no published weights.
 
 The model takes raw RGB pixels in [0, 255] (NHWC); the ``preprocess`` layer subtracts the
 mean (and divides by the std) the variant's weights expect, so a saved model needs no
@@ -23,7 +26,7 @@ import keras
 
 from alexkit.layers import GroupedConv2D, LocalResponseNormalization, Preprocess
 from alexkit.variants import LAYER_NAMES as LAYER_NAMES  # re-exported, as before
-from alexkit.variants import VARIANTS, WEIGHT_LAYERS
+from alexkit.variants import VARIANTS, WEIGHT_LAYERS, variant_from_structure
 
 HEAD_PREFIX = "head_"
 # Typical standard deviation of natural-image pixels in 0..255 units (ImageNet ≈ 0.226).
@@ -50,10 +53,12 @@ def build_alexnet(
     """Build AlexNet.
 
     Args:
-        variant: ``"original"`` (2012 paper) or ``"torchvision"`` (One weird trick).
+        variant: ``"original"`` (2012 paper), ``"torchvision"`` (One weird trick) or
+            ``"tiny"`` (the original layout at 1/8 width: a smoke-test network).
         num_classes: size of the ``predictions`` layer.
-        input_shape: (H, W, 3). Defaults to 227×227×3 / 224×224×3. With
-            ``include_top=True`` it must be the default (the classifier expects 6×6×256).
+        input_shape: (H, W, 3). Defaults to 227×227×3 / 224×224×3 / 99×99×3. With
+            ``include_top=True`` it must be the default (the classifier expects the
+            variant's pool5 shape: 6×6×256, or 2×2×32 for ``tiny``).
         include_top: add fc6, fc7 and ``predictions``; without it the model ends at
             ``pool5`` (6×6×256 for the default size).
         dropout: dropout rate of the two hidden fully-connected layers (0.5 in the paper).
@@ -62,8 +67,9 @@ def build_alexnet(
         kernel_init: ``"paper"`` (all weights N(0, 0.01)) or ``"he"`` (He-normal scaled
             to the pixel range, zero biases, a zero-initialised classifier: trains from
             scratch faster and more stably on small data).
-        lrn: LRN constants of the ``original`` variant: ``"paper"`` (k=2, alpha=1e-4) or
-            ``"caffe"`` (k=1, alpha=1e-4/5: what Caffe-trained ``bvlc_alexnet`` needs).
+        lrn: LRN constants of the ``original`` layout (``original``, ``tiny``): ``"paper"``
+            (k=2, alpha=1e-4) or ``"caffe"`` (k=1, alpha=1e-4/5: what Caffe-trained
+            ``bvlc_alexnet`` needs).
         classifier_activation: ``"softmax"`` (default) or ``None`` for logits.
         grouped_implementation: how conv2/4/5 compute their groups (see
             :class:`alexkit.layers.GroupedConv2D`); the function is the same.
@@ -95,6 +101,9 @@ def build_alexnet(
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1). Received: dropout={dropout}")
     spec = VARIANTS[variant]
+    original_layout = spec["layout"] == "original"
+    w1, w2, w3, w4, w5 = spec["widths"]
+    fc_units = spec["fc_units"]
     default_shape = (spec["image_size"], spec["image_size"], 3)
     if input_shape is None:
         input_shape = default_shape
@@ -130,7 +139,7 @@ def build_alexnet(
     def bias_initializer(layer: str):
         # Positive biases keep ReLUs alive under the paper's tiny N(0, 0.01) weights;
         # He-scaled weights need no such help (and drift with it), so they get zeros.
-        if layer in _BIAS_ONE_LAYERS and variant == "original" and kernel_init == "paper":
+        if layer in _BIAS_ONE_LAYERS and original_layout and kernel_init == "paper":
             return keras.initializers.Constant(_BIAS_INIT[bias_init])
         return keras.initializers.Zeros()
 
@@ -164,46 +173,46 @@ def build_alexnet(
 
     inputs = keras.Input(shape=input_shape, name="image")
     x = Preprocess(spec["mean"], spec["std"], name="preprocess")(inputs)
-    if variant == "original":
+    if original_layout:
         make_lrn = (
             LocalResponseNormalization.caffe if lrn == "caffe" else LocalResponseNormalization
         )
-        x = conv(96, 11, "conv1", strides=4, padding="valid")(x)
+        x = conv(w1, 11, "conv1", strides=4, padding="valid")(x)
         x = make_lrn(name="lrn1")(x)
         x = pool("pool1")(x)
-        x = conv(256, 5, "conv2", groups=2)(x)
+        x = conv(w2, 5, "conv2", groups=2)(x)
         x = make_lrn(name="lrn2")(x)
         x = pool("pool2")(x)
-        x = conv(384, 3, "conv3")(x)
-        x = conv(384, 3, "conv4", groups=2)(x)
-        x = conv(256, 3, "conv5", groups=2)(x)
+        x = conv(w3, 3, "conv3")(x)
+        x = conv(w4, 3, "conv4", groups=2)(x)
+        x = conv(w5, 3, "conv5", groups=2)(x)
         x = pool("pool5")(x)
     else:
         # torchvision pads conv1 by 2 and then runs a valid 11×11/4 convolution.
         x = keras.layers.ZeroPadding2D(2, name="conv1_pad")(x)
-        x = conv(64, 11, "conv1", strides=4, padding="valid")(x)
+        x = conv(w1, 11, "conv1", strides=4, padding="valid")(x)
         x = pool("pool1")(x)
-        x = conv(192, 5, "conv2")(x)
+        x = conv(w2, 5, "conv2")(x)
         x = pool("pool2")(x)
-        x = conv(384, 3, "conv3")(x)
-        x = conv(256, 3, "conv4")(x)
-        x = conv(256, 3, "conv5")(x)
+        x = conv(w3, 3, "conv3")(x)
+        x = conv(w4, 3, "conv4")(x)
+        x = conv(w5, 3, "conv5")(x)
         x = pool("pool5")(x)
         # torchvision's AdaptiveAvgPool2d(6) is the identity on the 6×6 map of a 224 input.
 
     if include_top:
         # Keras flattens (H, W, C); PyTorch/Caffe flatten (C, H, W): importers reorder fc6.
         x = keras.layers.Flatten(name="flatten")(x)
-        if variant == "original":
-            x = dense(4096, "fc6")(x)
+        if original_layout:
+            x = dense(fc_units, "fc6")(x)
             x = keras.layers.Dropout(dropout, name="drop6")(x)
-            x = dense(4096, "fc7")(x)
+            x = dense(fc_units, "fc7")(x)
             x = keras.layers.Dropout(dropout, name="drop7")(x)
         else:
             x = keras.layers.Dropout(dropout, name="drop6")(x)
-            x = dense(4096, "fc6")(x)
+            x = dense(fc_units, "fc6")(x)
             x = keras.layers.Dropout(dropout, name="drop7")(x)
-            x = dense(4096, "fc7")(x)
+            x = dense(fc_units, "fc7")(x)
         # float32 output keeps softmax stable under mixed precision.
         x = dense(num_classes, "predictions", activation=classifier_activation, dtype="float32")(x)
     return keras.Model(inputs, x, name=name or f"alexnet_{variant}")
@@ -224,9 +233,11 @@ def load_model(path: str) -> keras.Model:
 
 
 def variant_of(model: keras.Model) -> str:
-    """Tell which variant a model is by its layers (LRN ⇒ original)."""
+    """Tell which variant a model is by its layers: LRN ⇒ the original layout, then
+    conv1's width tells ``original`` (96 filters) from ``tiny`` (12)."""
     names = {layer.name for layer in model.layers}
-    return "original" if "lrn1" in names else "torchvision"
+    conv1 = next((layer for layer in model.layers if layer.name == "conv1"), None)
+    return variant_from_structure("lrn1" in names, getattr(conv1, "filters", None))
 
 
 def replace_head(

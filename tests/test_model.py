@@ -42,6 +42,31 @@ def torchvision_model():
     return build_alexnet("torchvision", seed=0)
 
 
+@pytest.fixture(scope="module")
+def tiny():
+    return build_alexnet("tiny", seed=0)
+
+
+# The tiny variant: the 2012 layout at 1/8 of the widths on a 99x99 input, computed by hand
+# (valid 11x11/4 conv1: (99 - 11) / 4 + 1 = 23; each 3/2 pool: (n - 3) // 2 + 1).
+TINY_STAGES = {
+    "conv1": ((23, 23, 12), 11 * 11 * 3 * 12 + 12),
+    "lrn1": ((23, 23, 12), 0),
+    "pool1": ((11, 11, 12), 0),
+    "conv2": ((11, 11, 32), 5 * 5 * 6 * 32 + 32),  # 2 groups: 6 input channels each
+    "lrn2": ((11, 11, 32), 0),
+    "pool2": ((5, 5, 32), 0),
+    "conv3": ((5, 5, 48), 3 * 3 * 32 * 48 + 48),
+    "conv4": ((5, 5, 48), 3 * 3 * 24 * 48 + 48),  # grouped
+    "conv5": ((5, 5, 32), 3 * 3 * 24 * 32 + 32),  # grouped
+    "pool5": ((2, 2, 32), 0),
+    "flatten": ((128,), 0),
+    "fc6": ((128,), 128 * 128 + 128),
+    "fc7": ((128,), 128 * 128 + 128),
+    "predictions": ((1000,), 128 * 1000 + 1000),
+}
+
+
 def test_original_stage_shapes_and_params(original):
     for name, (shape, params) in ORIGINAL_STAGES.items():
         layer = original.get_layer(name)
@@ -109,12 +134,16 @@ def test_preprocess_uses_variant_mean_std(original, torchvision_model):
     assert std == pytest.approx([0.229 * 255, 0.224 * 255, 0.225 * 255])
 
 
-@pytest.mark.parametrize("variant", ["original", "torchvision"])
-def test_variant_table_describes_the_built_model(variant, original, torchvision_model):
-    # alexkit.variants is what recipes and weights read without Keras: it must match the model.
-    from alexkit.variants import IMAGE_SIZES, POOL5_SHAPE, WEIGHT_LAYERS
+def test_every_variant_is_tested():
+    assert sorted(VARIANTS) == ["original", "tiny", "torchvision"]
 
-    model = {"original": original, "torchvision": torchvision_model}[variant]
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_variant_table_describes_the_built_model(variant, original, torchvision_model, tiny):
+    # alexkit.variants is what recipes and weights read without Keras: it must match the model.
+    from alexkit.variants import IMAGE_SIZES, WEIGHT_LAYERS
+
+    model = {"original": original, "torchvision": torchvision_model, "tiny": tiny}[variant]
     spec = VARIANTS[variant]
     public = [layer.name for layer in model.layers if layer.name in VARIANTS["original"]["layers"]]
     assert tuple(public) == spec["layers"]
@@ -122,7 +151,27 @@ def test_variant_table_describes_the_built_model(variant, original, torchvision_
     assert model.count_params() == spec["params"]
     size = IMAGE_SIZES[variant]
     assert size == spec["image_size"] and tuple(model.input_shape[1:]) == (size, size, 3)
-    assert tuple(model.get_layer("pool5").output.shape[1:]) == POOL5_SHAPE
+    assert tuple(model.get_layer("pool5").output.shape[1:]) == spec["pool5"]
+    widths = [model.get_layer(f"conv{i}").filters for i in range(1, 6)]
+    assert tuple(widths) == spec["widths"]
+    assert model.get_layer("fc6").units == model.get_layer("fc7").units == spec["fc_units"]
+    assert variant_of(model) == variant
+    assert ("lrn1" in public) == (spec["layout"] == "original")
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_variant_of_a_saved_config_without_keras(variant, original, torchvision_model, tiny):
+    # finetune reads a .keras file's variant from its config.json before building anything.
+    import json
+
+    from alexkit.variants import variant_of_config
+
+    model = {"original": original, "torchvision": torchvision_model, "tiny": tiny}[variant]
+    config = json.dumps(keras.saving.serialize_keras_object(model))
+    assert variant_of_config(config) == variant
+    assert variant_of_config(json.loads(config)) == variant
+    headless = replace_head(model, 3)
+    assert variant_of_config(json.dumps(keras.saving.serialize_keras_object(headless))) == variant
 
 
 def test_variants_module_imports_no_keras_or_numpy():
@@ -271,3 +320,87 @@ def test_replace_head_dropout_replaces_drop7_instead_of_stacking(original, torch
     assert "drop7" in [layer.name for layer in kept.layers]
     tv = replace_head(torchvision_model, 3, dropout=0.3)  # fc7 feeds the head directly
     assert [layer.name for layer in tv.layers][-3:] == ["fc7", "head_dropout", "predictions"]
+
+
+def test_tiny_stage_shapes_and_params(tiny):
+    for name, (shape, params) in TINY_STAGES.items():
+        layer = tiny.get_layer(name)
+        assert tuple(layer.output.shape[1:]) == shape, name
+        assert layer.count_params() == params, name
+    assert tiny.count_params() == sum(p for _, p in TINY_STAGES.values()) == 202_456
+    assert tuple(tiny.input_shape[1:]) == (99, 99, 3)
+    assert build_alexnet("tiny", num_classes=2).count_params() == 202_456 - 129_000 + 258
+
+
+def test_tiny_has_the_original_layout(original, tiny):
+    from alexkit.layers import GroupedConv2D, LocalResponseNormalization
+
+    def layout(model):
+        return [
+            (layer.name, type(layer).__name__)
+            for layer in model.layers
+            if not isinstance(layer, keras.layers.InputLayer)
+        ]
+
+    assert layout(tiny) == layout(original)  # same names, same kinds, same order
+    for name in ("conv2", "conv4", "conv5"):
+        assert isinstance(tiny.get_layer(name), GroupedConv2D) and tiny.get_layer(name).groups == 2
+    assert tuple(tiny.get_layer("conv2").kernel.shape) == (5, 5, 6, 32)
+    for name in ("lrn1", "lrn2"):
+        lrn = tiny.get_layer(name)
+        assert isinstance(lrn, LocalResponseNormalization)
+        assert (lrn.depth_radius, lrn.bias, lrn.alpha, lrn.beta) == (2, 2.0, 1e-4, 0.75)
+    conv1 = tiny.get_layer("conv1")
+    assert (conv1.kernel_size, conv1.strides, conv1.padding) == ((11, 11), (4, 4), "valid")
+    for name in ("pool1", "pool2", "pool5"):
+        pool = tiny.get_layer(name)
+        assert (pool.pool_size, pool.strides, pool.padding) == ((3, 3), (2, 2), "valid")
+    assert tiny.get_layer("drop6").rate == tiny.get_layer("drop7").rate == 0.5
+    assert tiny.get_layer("preprocess").mean == pytest.approx(list(VARIANTS["original"]["mean"]))
+    assert tiny.get_layer("preprocess").std == pytest.approx(list(VARIANTS["original"]["std"]))
+    np.testing.assert_array_equal(tiny.get_layer("conv2").bias.numpy(), 1.0)  # paper init
+    assert tiny.name == "alexnet_tiny" and variant_of(tiny) == "tiny"
+
+
+def test_tiny_lrn_matches_tensorflow_inside_the_model(tiny):
+    import tensorflow as tf
+
+    x = np.random.default_rng(0).uniform(0, 255, (2, 99, 99, 3)).astype("float32")
+    conv1 = keras.Model(tiny.input, tiny.get_layer("conv1").output)(x)
+    lrn1 = keras.Model(tiny.input, tiny.get_layer("lrn1").output)(x)
+    expected = tf.nn.local_response_normalization(
+        conv1, depth_radius=2, bias=2.0, alpha=1e-4, beta=0.75
+    )
+    np.testing.assert_allclose(np.asarray(lrn1), expected.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_tiny_trains_one_step_and_round_trips(tmp_path):
+    import tensorflow as tf
+
+    model = build_alexnet("tiny", num_classes=3, seed=1)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (8, 99, 99, 3)).astype("float32")
+    y = rng.integers(0, 3, 8)
+    with tf.GradientTape() as tape:
+        loss = keras.losses.sparse_categorical_crossentropy(y, model(x, training=True))
+    grads = tape.gradient(loss, model.trainable_variables)
+    assert len(grads) == 16  # every kernel and bias, conv1 to predictions, gets a gradient
+    assert all(float(tf.reduce_max(tf.abs(g))) > 0 for g in grads)
+
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="sparse_categorical_crossentropy")
+    before = [w.copy() for w in model.get_weights()]
+    loss = model.train_on_batch(x, y)
+    assert np.isfinite(loss) and loss == pytest.approx(np.log(3), abs=0.1)  # N(0, 0.01) init
+    after = model.get_weights()
+    assert not np.array_equal(before[0], after[0])  # conv1's kernel moved
+    assert not np.array_equal(before[-2], after[-2])  # and the classifier's
+    path = tmp_path / "tiny.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+    assert variant_of(loaded) == "tiny"
+
+
+def test_tiny_refuses_other_input_sizes_with_top():
+    with pytest.raises(ValueError, match=r"input_shape=\(99, 99, 3\).*'tiny'"):
+        build_alexnet("tiny", input_shape=(227, 227, 3))

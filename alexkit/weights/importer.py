@@ -9,14 +9,15 @@ from typing import Any
 import numpy as np
 
 from alexkit.errors import WeightsError
+from alexkit.variants import VARIANTS
 from alexkit.weights._common import file_sha256
 from alexkit.weights.caffe import convert_bvlc, load_bvlc_npy
 from alexkit.weights.store import WeightsEntry, check_free, get_weights, register_weights
 from alexkit.weights.torchvision import convert_torchvision, load_torchvision_state_dict
 
 FORMATS = ("torchvision", "bvlc-npy")
-#: The variant each import format becomes.
-FORMAT_VARIANTS = {"torchvision": "torchvision", "bvlc-npy": "original"}
+#: The variant each import format becomes (``alexkit.variants``' ``import_formats``).
+FORMAT_VARIANTS = {fmt: name for name, spec in VARIANTS.items() for fmt in spec["import_formats"]}
 #: Store names given to imports when ``--name`` is not passed.
 DEFAULT_NAMES = {"torchvision": "torchvision-imagenet", "bvlc-npy": "bvlc-imagenet"}
 
@@ -32,9 +33,17 @@ def build_imported_model(
     The class count comes from the ``predictions`` kernel.
 
     Raises:
-        WeightsError: a layer's weights do not fit the built model (naming the layer).
+        WeightsError: the variant has no published weights (``tiny``), or a layer's
+            weights do not fit the built model (naming the layer).
     """
     from alexkit.model import build_alexnet
+
+    if variant in VARIANTS and not VARIANTS[variant]["import_formats"]:
+        known = ", ".join(f"{fmt} -> {name}" for fmt, name in FORMAT_VARIANTS.items())
+        raise WeightsError(
+            f"{source}: variant {variant!r} has no published weights to import "
+            f"(imports become: {known})"
+        )
 
     num_classes = int(layers["predictions"][0].shape[-1])
     model = build_alexnet(variant=variant, num_classes=num_classes, **build_kwargs)

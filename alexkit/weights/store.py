@@ -217,7 +217,8 @@ def register_weights(
     Args:
         model: a Keras AlexNet taking raw RGB pixels (as built by ``build_alexnet``).
         name: the entry's name.
-        variant: ``"original"`` or ``"torchvision"``.
+        variant: a key of ``alexkit.variants.VARIANTS`` (``"original"``, ``"torchvision"``,
+            ``"tiny"``).
         source: where the weights came from (a file, a URL, a run directory).
         sha256: the source file's sha256, when there is one.
         kind: what the weights were trained on (``"imagenet"`` makes them the answer
@@ -271,7 +272,7 @@ def resolve_weights(spec: str, variant: str) -> Path:
     Args:
         spec: ``"imagenet"`` (an ImageNet entry of the store for ``variant``), the name of a
             store entry, or the path of a ``.keras`` / ``.weights.h5`` file.
-        variant: the variant the caller builds (``"original"`` or ``"torchvision"``).
+        variant: the variant the caller builds (a key of ``alexkit.variants.VARIANTS``).
 
     Returns:
         The path of a ``.keras`` or ``.weights.h5`` file.
@@ -285,6 +286,13 @@ def resolve_weights(spec: str, variant: str) -> Path:
             for e in list_weights()
             if not e.problem and e.kind == "imagenet" and e.variant == variant
         ]
+        if not candidates and variant in VARIANTS and not VARIANTS[variant]["import_formats"]:
+            # Only `alexkit pretrain --variant tiny` makes such an entry: nothing to download.
+            raise WeightsError(
+                f"no ImageNet weights for variant {variant!r} in {weights_dir()}: it has no "
+                f"published weights; train some with `alexkit pretrain --variant {variant}`, "
+                "or use --weights none, a store entry or a .keras file of that variant"
+            )
         if not candidates:
             others = [
                 e for e in list_weights() if not e.problem and e.kind == "imagenet" and e.variant

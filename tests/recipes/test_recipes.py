@@ -197,7 +197,7 @@ def test_unknown_nested_key_lists_that_tables_keys(tmp_path):
         ("seed = 1.5", r"key 'seed' must be an integer"),
         ("weight_decay = -0.1", r"key 'weight_decay' must be >= 0 and <= 1"),
         ("val_fraction = 1.0", r"key 'val_fraction' must be >= 0 and < 1"),
-        ('variant = "alexnet2"', r"must be one of original, torchvision; got 'alexnet2'"),
+        ('variant = "alexnet2"', r"must be one of original, torchvision, tiny; got 'alexnet2'"),
         ('color = "grey"', r"key 'color' must be one of rgb, grayscale"),
         ("image_size = 224", r"key 'image_size' is 224 but variant 'original' needs 227"),
         ('classes = ["a"]', r"at least 2 classes"),
@@ -243,6 +243,17 @@ def test_invalid_recipe_messages(tmp_path, text, expected):
         load_recipe(path)
     assert str(info.value).startswith(f"{path}: ")
     assert "\n" not in str(info.value)
+
+
+def test_tiny_variant_recipe_takes_its_own_size(tmp_path):
+    recipe = load_recipe(write_recipe(tmp_path, 'variant = "tiny"\n'))
+    assert (recipe.variant, recipe.image_size) == ("tiny", 99)
+    assert load_recipe(write_recipe(tmp_path, 'variant = "tiny"\nimage_size = 99\n')) == recipe
+    bad = write_recipe(tmp_path, 'variant = "tiny"\nimage_size = 227\n')
+    with pytest.raises(RecipeError, match="key 'image_size' is 227 but variant 'tiny' needs 99"):
+        load_recipe(bad)
+    again = recipe_from_dict(json.loads(json.dumps(recipe_to_dict(recipe))))
+    assert again == dataclasses.replace(recipe, name=again.name)
 
 
 def test_bad_toml_and_missing_file(tmp_path):

@@ -391,6 +391,43 @@ def test_importer_tables_name_every_weight_layer():
     assert tuple(layer for layer, _ in caffe._BVLC_LAYERS.values()) == WEIGHT_LAYERS
 
 
+def test_tiny_variant_has_no_published_weights(tmp_path):
+    # `tiny` is a smoke-test network: asking for ImageNet weights or importing published
+    # weights as it is one clear line, and its own entries resolve and load like any other.
+    from alexkit.model import build_alexnet, variant_of
+    from alexkit.weights.importer import FORMAT_VARIANTS, build_imported_model
+
+    assert FORMAT_VARIANTS == {"bvlc-npy": "original", "torchvision": "torchvision"}
+    with pytest.raises(WeightsError) as info:
+        W.resolve_weights("imagenet", "tiny")
+    assert "variant 'tiny'" in str(info.value) and "no published weights" in str(info.value)
+    assert "alexkit pretrain --variant tiny" in str(info.value) and "\n" not in str(info.value)
+    layers = {"predictions": [np.zeros((128, 2), "float32"), np.zeros(2, "float32")]}
+    with pytest.raises(WeightsError, match="variant 'tiny' has no published weights"):
+        build_imported_model("tiny", layers, "x.npy")
+    W.register_weights(_tiny_model(), "bvlc-imagenet", variant="original", source="s")
+    with pytest.raises(WeightsError, match="no published weights"):  # nor a full-size entry
+        W.resolve_weights("imagenet", "tiny")
+
+    model = build_alexnet("tiny", num_classes=1000, seed=0)
+    path = W.register_weights(model, "tiny-smoke", variant="tiny", source="test")
+    assert W.resolve_weights("imagenet", "tiny") == path  # what `pretrain --variant tiny` gives
+    meta = json.loads((path.parent / "meta.json").read_text())
+    assert meta["preprocessing"]["image_size"] == 99 and meta["preprocessing"]["resize"] == 112
+    assert W.resolve_weights("tiny-smoke", "tiny") == path
+    with pytest.raises(WeightsError, match="variant 'tiny', not 'original'"):
+        W.resolve_weights("tiny-smoke", "original")
+    loaded = W.load_weights_model("tiny-smoke", "tiny")
+    assert variant_of(loaded) == "tiny" and loaded.count_params() == 202_456
+    # A tiny .keras file passed as the weights of a full-size variant is refused by size.
+    with pytest.raises(WeightsError, match="takes 99x99 images, but variant 'original'"):
+        W.load_weights_model(str(path), "original")
+    weights_h5 = tmp_path / "tiny.weights.h5"
+    model.save_weights(weights_h5)
+    again = W.load_weights_model(str(weights_h5), "tiny")
+    np.testing.assert_array_equal(again.get_layer("fc6").kernel, model.get_layer("fc6").kernel)
+
+
 # --------------------------------------------------------------------------- download
 
 
