@@ -30,6 +30,7 @@ from alexkit.eval_groups import (
 from alexkit.inference import as_text
 from alexkit.loading import (
     align_spec,
+    apply_precision,
     is_exported,  # noqa: F401  (re-exported)
     load_eval_spec,
     load_trained,
@@ -416,6 +417,7 @@ def evaluate_model(
     subgroups: str | Path | None = None,
     check_leaks: bool = True,
     explain: bool = False,
+    precision: Any = None,
 ) -> EvalReport:
     """Run a trained classifier over labelled data and compute its ``EvalReport``.
 
@@ -439,9 +441,13 @@ def evaluate_model(
         check_leaks: compare the items with the run's ``data-hashes.json`` when present.
         explain: also draw Grad-CAM overlays (conv5, the predicted class) of the items
             the HTML report's gallery shows (``report.explanations``).
+        precision: compute in ``float32``, ``mixed_bfloat16``, ``auto`` (bfloat16 where
+            the hardware has it) or a ``PrecisionChoice`` (see
+            :func:`alexkit.loading.apply_precision`); None: as the model is. The choice
+            is saved in ``meta["precision"]`` (``metrics.json``).
 
     Returns:
-        The ``EvalReport`` (``meta`` holds tta, sample counts and skipped images).
+        The ``EvalReport`` (``meta`` holds tta, sample counts, skipped images, precision).
 
     Raises:
         DataError: unknown classes, unlabelled or unreadable data, a bad subgroup CSV.
@@ -449,6 +455,7 @@ def evaluate_model(
     """
     _check_run_options(tta, batch_size, ci_level)
     model, names, config = _resolve_model(model_or_run, class_names, config)
+    model, choice = apply_precision(model, precision)
     run_dir = run_dir_of(model_or_run)
     saved = _saved_calibration(model, run_dir)
     subgroup_table = load_subgroups(subgroups) if subgroups is not None else None
@@ -478,6 +485,8 @@ def evaluate_model(
     )
     _add_saved_calibration(report, raw_probs, saved, temperature, calibrate, ci)
     _record_meta(report, model_or_run, spec, skipped, saved, tta, threshold, calibrate, temperature)
+    if choice is not None:
+        report.meta["precision"] = choice.as_dict()
     report.group_eval = group_eval(report)
     report.groups = group_report(report, report.group_eval)
     if check_leaks and run_dir is not None:

@@ -363,6 +363,7 @@ class ExtractResult:
     index_path: Path | None = None
     images: int = 0
     pool_frames: str | None = None
+    precision: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         self.images = self.images or self.rows
@@ -380,6 +381,7 @@ class ExtractResult:
             "dim": self.dim,
             "images": self.images,
             "pool_frames": self.pool_frames,
+            "precision": self.precision,
             "seconds": round(self.seconds, 3),
             "images_per_second": round(self.images_per_second, 2),
             "index": None if self.index_path is None else str(self.index_path),
@@ -414,7 +416,7 @@ def iter_features(
     )
     predict = batch_predictor(extractor)
     for images, labels, items in dataset:
-        feats = predict(images)
+        feats = np.asarray(predict(images), np.float32)  # bfloat16 layers give bfloat16
         yield (
             [as_text(s) for s in items.numpy()],
             np.asarray(labels),
@@ -436,6 +438,7 @@ def extract_features(
     skipped: Any = None,
     progress: Callable[[int, int], None] | None = None,
     pool_frames: str | None = None,
+    precision: Any = None,
 ) -> ExtractResult:
     """Extract ``layer`` activations for every image of ``spec`` into ``out``.
 
@@ -454,9 +457,12 @@ def extract_features(
         pool_frames: ``"mean"`` or ``"max"``: one row per clip/volume, pooling its
             frames'/slices' features (``alexkit.media.pool_frames``); None: one row per
             item, with ``frame``/``time`` columns when the items are media members.
+        precision: compute in ``float32``, ``mixed_bfloat16``, ``auto`` (bfloat16 where
+            the hardware has it) or a ``PrecisionChoice``; None: as the model is. Saved
+            in the result (:func:`alexkit.loading.apply_precision`).
 
     Returns:
-        An ``ExtractResult`` (rows, dim, timing, skipped images).
+        An ``ExtractResult`` (rows, dim, timing, skipped images, precision).
     """
     from alexkit import data as data_mod
 
@@ -465,6 +471,9 @@ def extract_features(
         raise UsageError(f"--pool-frames must be 'mean' or 'max'; received {pool_frames!r}.")
     if batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1; received {batch_size}.")
+    from alexkit.loading import apply_precision
+
+    model, choice = apply_precision(model, precision)
     extractor = build_extractor(model, layer, pool)
     if image_size is None:
         image_size = int(model.input_shape[1] or 227)
@@ -515,6 +524,7 @@ def extract_features(
         index_path=index_path(out) if fmt == "npy" else None,
         images=images,
         pool_frames=pool_frames,
+        precision=None if choice is None else choice.as_dict(),
     )
 
 
@@ -584,11 +594,16 @@ def extract_arrays(
     image_size: int | None = None,
     grayscale: bool = False,
     skipped: Any = None,
+    precision: Any = None,
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Features in memory, for a linear probe: ``(items, labels, X)``.
 
     Holds N × D floats (fc7: 16 KiB per image); use ``extract_features`` for big sets.
+    ``precision`` as for :func:`extract_features` (None: as the model is).
     """
+    from alexkit.loading import apply_precision
+
+    model, _ = apply_precision(model, precision)
     extractor = build_extractor(model, layer, pool)
     if image_size is None:
         image_size = int(model.input_shape[1] or 227)

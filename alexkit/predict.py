@@ -103,6 +103,7 @@ class Predictions:
     probs: np.ndarray
     class_names: list[str]
     skipped: list[tuple[str, str]]
+    precision: dict[str, str] | None = None  # PrecisionChoice.as_dict() when one was asked
 
     def top(self, k: int = 5, probs: np.ndarray | None = None) -> list[list[tuple[str, float]]]:
         """The ``k`` most probable (class, probability) per image (or per row of ``probs``)."""
@@ -164,6 +165,7 @@ def predict_images(
     skipped: Any = None,
     progress: Callable[[int, int], None] | None = None,
     media_options: Any = None,
+    precision: Any = None,
 ) -> Predictions:
     """Run a classifier over image files/folders with the evaluation preprocessing.
 
@@ -178,15 +180,20 @@ def predict_images(
         progress: ``progress(done, total)`` after each batch.
         media_options: how clips/volumes expand into frames/slices (a run's
             ``[media]`` recipe settings; see ``evaluate.media_options_from_config``).
+        precision: compute in ``float32``, ``mixed_bfloat16``, ``auto`` or a
+            ``PrecisionChoice`` (:func:`alexkit.loading.apply_precision`); None: as the
+            model is. Probabilities are float32 either way (the output layer stays so).
 
     Returns:
         ``Predictions`` (probabilities (N, C) in input order).
     """
     from alexkit import data as data_mod
     from alexkit.inference import batch_predictor, predict_batches
+    from alexkit.loading import apply_precision
 
     if batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1; received {batch_size}.")
+    model, choice = apply_precision(model, precision)
     names = [str(c) for c in class_names]
     if len(names) != int(model.output_shape[-1]):
         raise UsageError(f"{len(names)} class names for a model with {model.output_shape[-1]}.")
@@ -217,4 +224,5 @@ def predict_images(
     entries = [(str(p), str(r)) for p, r in (getattr(skipped, "entries", None) or [])]
     if not done:
         raise DataError(f"none of the {len(items)} images could be read (first: {entries[:1]}).")
-    return Predictions(got_items, probs.astype(np.float32), names, entries)
+    precision_used = None if choice is None else choice.as_dict()
+    return Predictions(got_items, probs.astype(np.float32), names, entries, precision_used)

@@ -10,8 +10,41 @@ from typing import Any
 import typer
 
 from alexkit.commands._common import err_console, guarded, out_console, print_json
+from alexkit.precision import DEFAULT_INFERENCE_PRECISION
 
 LAYER_HELP = "Layer to read: fc7, fc6, pool5, conv5 or any layer name."
+PRECISION_HELP = (
+    f"float32 | mixed_bfloat16 | auto (bfloat16 where the CPU has AMX or AVX512-BF16 or the "
+    f"GPU has compute capability >= 8.0, else float32). Default {DEFAULT_INFERENCE_PRECISION}."
+)
+
+
+def precision_option() -> Any:
+    """``--precision``, as every inference command declares it (None: the default)."""
+    return typer.Option(None, "--precision", help=PRECISION_HELP)
+
+
+def choose_and_show_precision(requested: str | None) -> Any:
+    """Resolve ``--precision`` (a bad name: exit 2 before anything loads).
+
+    Said once on stderr when it was asked for or chosen by ``auto`` (a choice that
+    depends on the machine); a plain default run stays quiet, and its choice is still
+    recorded (reason ``"default"``).
+
+    Returns:
+        The ``PrecisionChoice`` the library records (e.g. in ``metrics.json``'s meta).
+    """
+    import dataclasses
+
+    from alexkit.precision import choose_precision
+
+    name = DEFAULT_INFERENCE_PRECISION if requested is None else requested
+    choice = choose_precision(name)
+    if requested is None and choice.reason == "asked for":
+        choice = dataclasses.replace(choice, reason="default")
+    if requested is not None or choice.requested == "auto":
+        err_console().print(f"precision {choice.policy} ({choice.reason})", highlight=False)
+    return choice
 
 
 # --------------------------------------------------------------------------- helpers
@@ -209,6 +242,7 @@ def evaluate(
     explain: bool = typer.Option(
         False, "--explain", help="report.html: Grad-CAM overlays beside the wrong images."
     ),
+    precision: str | None = precision_option(),
 ) -> None:
     """Accuracy, per-class precision/recall/F1, confusion matrix (and ROC for 2 classes),
     each with a confidence interval; calibration (ECE, Brier, reliability diagram).
@@ -227,6 +261,10 @@ def evaluate(
     from alexkit.stats import check_level
 
     check_level(ci_level)
+    if probe is None:
+        chosen = choose_and_show_precision(precision)
+    elif precision is not None:
+        raise UsageError("--precision applies to the trained model, not to --probe.")
     if n_boot < 0 or 0 < n_boot < 100:
         raise UsageError(f"--n-boot must be 0 or >= 100; received {n_boot}.")
 
@@ -287,6 +325,7 @@ def evaluate(
             calibrate=not no_calibration,
             subgroups=subgroups,
             explain=explain,
+            precision=chosen,
         )
     _show_report(report, out, json_output, strict=strict)
 
@@ -308,6 +347,7 @@ def extract(
         None, "--pool-frames", help="mean or max: one row per clip/volume instead of per frame."
     ),
     json_output: bool = typer.Option(False, "--json", help="Print a JSON summary only."),
+    precision: str | None = precision_option(),
 ) -> None:
     """Write one row of features per image: path, label, then the layer's activations.
 
@@ -324,6 +364,7 @@ def extract(
     resolve_format(out, fmt)  # fail on a bad name before loading anything
     if pool_frames is not None and pool_frames not in ("mean", "max"):
         raise UsageError(f"--pool-frames must be 'mean' or 'max'; received {pool_frames!r}.")
+    chosen = choose_and_show_precision(precision)
     net, names, config = _load_source(model, weights, variant)
     spec = load_eval_spec(  # every image, never re-split
         str(data), prefer_splits=(), media_options=media_options_from_config(config)
@@ -341,6 +382,7 @@ def extract(
             grayscale=bool(config.get("grayscale", False)),
             progress=update,
             pool_frames=pool_frames,
+            precision=chosen,
         )
     _warn_skipped(result.skipped)
     if json_output:
@@ -368,6 +410,7 @@ def predict(
     no_calibration: bool = typer.Option(
         False, "--no-calibration", help="Ignore the run's saved temperature: raw probabilities."
     ),
+    precision: str | None = precision_option(),
 ) -> None:
     """Class names and probabilities for each image.
 
@@ -382,6 +425,7 @@ def predict(
         raise UsageError("choose one of --json and --csv.")
     if top_k < 1:
         raise UsageError(f"--top-k must be >= 1; received {top_k}.")
+    chosen = choose_and_show_precision(precision)
     from alexkit.evaluate import load_trained, media_options_from_config, model_image_size
     from alexkit.predict import predict_images
 
@@ -396,6 +440,7 @@ def predict(
             grayscale=bool(config.get("grayscale", False)),
             progress=update,
             media_options=media_options_from_config(config),
+            precision=chosen,
         )
     if not no_calibration:
         from alexkit.calibration import apply_saved_temperature
@@ -409,6 +454,7 @@ def predict(
             {
                 "predictions": records,
                 "skipped": [{"path": p, "reason": r} for p, r in result.skipped],
+                "precision": result.precision,
             }
         )
         return

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from alexkit.commands._common import guarded, out_console, print_json
+from alexkit.commands.evaluate import precision_option
 
 
 @guarded
@@ -52,6 +53,7 @@ def explain(
     ),
     force: bool = typer.Option(False, "--force", help="Replace the outputs in a non-empty --out."),
     json_output: bool = typer.Option(False, "--json", help="Print a JSON summary only."),
+    precision: str | None = precision_option(),
 ) -> None:
     """Heat maps of what drove each prediction: an overlay PNG per image.
 
@@ -63,7 +65,7 @@ def explain(
     shortcuts). Clips and volumes give one overlay per frame or slice.
     Example: [bold]alexkit explain runs/xray --data chest_xray/test --out cams/[/]
     """
-    from alexkit.commands.evaluate import _warn_skipped, progress_bar
+    from alexkit.commands.evaluate import _warn_skipped, choose_and_show_precision, progress_bar
     from alexkit.errors import UsageError
     from alexkit.evaluate import load_eval_spec, media_options_from_config, model_image_size
     from alexkit.explain import METHODS, check_colormap, explain_data, resolve_target
@@ -92,6 +94,7 @@ def explain(
 
     from alexkit.commands.evaluate import _load_source
 
+    chosen = choose_and_show_precision(precision)
     net, names, config = _load_source(model, weights, variant)
     names = names or [str(i) for i in range(int(net.output_shape[-1]))]
     resolve_target(target, names)  # a bad class name fails before any image is read
@@ -135,6 +138,7 @@ def explain(
             sanity=sanity,
             skipped=skipped,
             progress=update,
+            precision=chosen,
         )
     _warn_skipped(result.skipped)
     if json_output:

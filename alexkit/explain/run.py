@@ -67,6 +67,7 @@ class ExplainResult:
         skipped: (path, reason) for unreadable inputs.
         files: name → path of what was written.
         sanity: :meth:`SanityReport.to_dict` when asked for, else None.
+        precision: ``PrecisionChoice.as_dict()`` when a precision was asked for, else None.
     """
 
     out: Path
@@ -79,6 +80,7 @@ class ExplainResult:
     skipped: list[tuple[str, str]]
     files: dict[str, Path]
     sanity: dict[str, Any] | None = None
+    precision: dict[str, str] | None = None
 
     @property
     def images_per_second(self) -> float:
@@ -100,6 +102,7 @@ class ExplainResult:
             "files": {k: str(v) for k, v in self.files.items()},
             "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
             "sanity": self.sanity,
+            "precision": self.precision,
             "rows": self.rows,
         }
 
@@ -146,6 +149,7 @@ def explain_data(
     sanity: bool = False,
     skipped: Any = None,
     progress: Callable[[int, int], None] | None = None,
+    precision: Any = None,
 ) -> ExplainResult:
     """Explain every item of ``spec``: overlay PNGs, ``explain.csv`` and ``maps.npz``.
 
@@ -175,6 +179,9 @@ def explain_data(
             (gradient methods only) and write ``sanity.json``.
         skipped: a ``data.SkipLog`` for unreadable inputs.
         progress: ``progress(done, total)`` after each batch.
+        precision: compute in ``float32``, ``mixed_bfloat16``, ``auto`` or a
+            ``PrecisionChoice`` (:func:`alexkit.loading.apply_precision`); None: as the
+            model is. Maps and gradients are read in float32 either way.
 
     Returns:
         An :class:`ExplainResult`.
@@ -185,8 +192,10 @@ def explain_data(
         CheckpointError: ``out`` holds files and ``force`` is not set.
     """
     from alexkit import data as data_mod
+    from alexkit.loading import apply_precision
 
     _check_options(method, alpha, batch_size, limit, colormap)
+    model, choice = apply_precision(model, precision)
     explainer = Explainer(model, layer)
     names, wanted = _targets(class_names, target, spec, explainer.num_classes)
     occ = _occlusion_options(model, method, sanity, batch_size, patch, stride, baseline, score)
@@ -214,7 +223,9 @@ def explain_data(
         progress(0, len(spec))  # start the clock (img/s) before the first batch
     rows, map_seconds, first = _explain_batches(dataset, settings, npz, len(spec), progress)
     seconds = time.perf_counter() - started
-    return _finish(model, spec, rows, first, settings, seconds, map_seconds, skipped, sanity)
+    result = _finish(model, spec, rows, first, settings, seconds, map_seconds, skipped, sanity)
+    result.precision = None if choice is None else choice.as_dict()
+    return result
 
 
 def _check_options(
