@@ -206,6 +206,16 @@ def register(app: typer.Typer) -> None:
             help="Checkpoints kept, newest first (default 2); 0 writes none (Ctrl-C still "
             "saves one) and leaves none at the end.",
         ),
+        feature_cache_views: int | None = typer.Option(
+            None,
+            "--feature-cache-views",
+            min=0,
+            help="A stage training only layers above frozen ones runs the frozen layers on "
+            "K augmented views per image (the first K epochs') and feeds later epochs from "
+            "them; 0: every epoch uncached (default 4). Over "
+            "ALEXKIT_FEATURE_CACHE_MEMORY (default 1G) the views stream from the run dir, "
+            "or the stage runs uncached when the disk is short.",
+        ),
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
         force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON only."),
@@ -240,6 +250,7 @@ def register(app: typer.Typer) -> None:
                 progress=view,
                 steps_per_epoch=steps_per_epoch,
                 checkpoint_every=checkpoint_every,
+                feature_cache_views=feature_cache_views,
             )
         _summary(result, as_json, started)
 

@@ -35,6 +35,14 @@ from alexkit.inference import predict_batches
 from alexkit.metrics import compute_val_metrics
 from alexkit.runs import RunDir, directory_bytes
 from alexkit.train.common import ProgressFn, RunResult, default_keep_checkpoints, emit
+from alexkit.train.feature_cache import (
+    CACHE_DIR,
+    TrainFeatureCache,
+    chain_layers,
+    memory_budget,
+    plan_train_cache,
+    resolve_views,
+)
 from alexkit.train.plan import DataPlan, StagePlan
 from alexkit.train.policies import (
     BestModel,
@@ -110,6 +118,11 @@ class Engine:
             once per stage to ``checkpoints/frozen-<digest>.npz``.
         cache_val: compute a stage's frozen prefix on the validation images once (a
             chain model whose stage trains its top layers); metrics are unchanged.
+        feature_cache_views: training views of the frozen prefix's output kept per
+            image (:mod:`alexkit.train.feature_cache`); 0 turns it off, None is
+            :data:`~alexkit.train.feature_cache.DEFAULT_VIEWS`.
+        feature_cache_memory: bytes that cache may hold in memory before it streams
+            from disk (None: ``$ALEXKIT_FEATURE_CACHE_MEMORY`` or 1 GiB).
     """
 
     def __init__(
@@ -137,6 +150,8 @@ class Engine:
         keep_checkpoints: int | None = None,
         start_weights_on_resume: bool = False,
         cache_val: bool = True,
+        feature_cache_views: int | None = None,
+        feature_cache_memory: int | None = None,
     ):
         self.run = run
         self.build_model = build_model
@@ -158,6 +173,9 @@ class Engine:
         self.cache_val = cache_val
         self._val_cut: tuple[Any, list[Any]] | None = None
         self._val_cache: tuple[np.ndarray, list[np.ndarray]] | None = None
+        self.feature_cache_views = resolve_views(feature_cache_views)
+        self.feature_cache_memory = feature_cache_memory
+        self.train_cache: TrainFeatureCache | None = None
         self.feed = self._replica_feed()
         self.checkpoints = Checkpoints(
             run,
@@ -279,6 +297,7 @@ class Engine:
         except KeyboardInterrupt:
             self._interrupted()
         finally:
+            self._close_train_cache()
             self.log.close()
         return self.snapshot()
 
@@ -309,6 +328,7 @@ class Engine:
         self._compile(stage)
         self.checkpoints.start_stage(self.model)
         self._plan_val_cache()
+        self._plan_train_cache(stage)
         self.schedule.start_stage(stage, restored.schedule if restored else None)
         if restored is not None:
             Checkpoints.restore_optimizer(
@@ -425,16 +445,11 @@ class Engine:
             start_step=start,
             lr=lr,
         )
-        if self.feed is not None:
-            dataset = self.make_train(epoch_index, steps, (self.feed.worker, self.feed.workers))
-        else:
-            dataset = self.make_train(epoch_index, steps)
-        if start:  # resumed mid-epoch: the same order, without the batches already seen
-            dataset = dataset.skip(start)
+        dataset, model = self._epoch_batches(epoch_index, steps, start)
         accum = pos["accum"]
         tick = time.perf_counter()
         for x, y in dataset:
-            loss, accuracy, batch = self._train_step(x, y, epoch_index)
+            loss, accuracy, batch = self._train_step(x, y, epoch_index, model)
             now = time.perf_counter()
             accum["seconds"] += now - tick
             tick = now
@@ -471,16 +486,44 @@ class Engine:
             "img_per_s": accum["count"] / max(accum["seconds"], 1e-9),
         }
 
-    def _train_step(self, x: Any, y: Any, epoch_index: int) -> tuple[float, float, int]:
-        """One optimizer step; returns (loss, accuracy, images in the global batch)."""
+    def _epoch_batches(self, epoch_index: int, steps: int, start: int) -> tuple[Any, Any]:
+        """The epoch's batches from step ``start`` on, and the model they train.
+
+        With a training-view cache: batches of the frozen prefix's output for the
+        trainable top; otherwise the pipeline's images for the whole model.
+        """
+        if self.train_cache is not None:
+            batches = self.train_cache.batches(
+                self.make_train,
+                epoch_index=epoch_index,
+                stage_epoch=self.position["stage_epoch"],
+                steps=steps,
+                natural=self._natural_steps(),
+                start=start,
+            )
+            return batches, self.train_cache.suffix
+        if self.feed is not None:
+            dataset = self.make_train(epoch_index, steps, (self.feed.worker, self.feed.workers))
+        else:
+            dataset = self.make_train(epoch_index, steps)
+        if start:  # resumed mid-epoch: the same order, without the batches already seen
+            dataset = dataset.skip(start)
+        return dataset, self.model
+
+    def _train_step(
+        self, x: Any, y: Any, epoch_index: int, model: Any = None
+    ) -> tuple[float, float, int]:
+        """One optimizer step of ``model`` (default: the whole model); returns (loss,
+        accuracy, images in the global batch)."""
+        model = self.model if model is None else model
         batch = int(y.shape[0])
-        self.model.reset_metrics()
+        model.reset_metrics()
         if self.feed is not None:
             # This worker's slice of the global batch, one part per local replica;
             # loss and accuracy come back as global-batch means.
             batch *= self.feed.workers
             x, y = self.feed.split(x, y)
-        logs = self.model.train_on_batch(x, y, class_weight=self.class_weight, return_dict=True)
+        logs = model.train_on_batch(x, y, class_weight=self.class_weight, return_dict=True)
         loss = float(logs["loss"])
         if self.first_batch_loss is None:
             self.first_batch_loss = loss
@@ -530,23 +573,56 @@ class Engine:
         self._val_cut, self._val_cache = None, None
         if self.make_val is None or self.strategy is not None or not self.cache_val:
             return
-        layers = [la for la in self.model.layers if la.__class__.__name__ != "InputLayer"]
+        layers = chain_layers(self.model)
+        if layers is None:
+            return
         first = next((i for i, la in enumerate(layers) if la.trainable), None)
         if not first:  # everything trains (or nothing does): no frozen prefix
-            return
-        try:
-            chained = (
-                all(layers[i].input is layers[i - 1].output for i in range(1, len(layers)))
-                and layers[0].input is self.model.inputs[0]
-            )
-        except (AttributeError, ValueError, IndexError):
-            chained = False
-        if not chained or len(self.model.inputs) != 1:
             return
         import keras
 
         prefix = keras.Model(self.model.inputs[0], layers[first - 1].output)
         self._val_cut = (prefix, layers[first:])
+
+    def _natural_steps(self) -> int:
+        """Batches of one pass over the training images."""
+        return max(1, math.ceil(self.data.num_train / self.data.batch_size))
+
+    def _plan_train_cache(self, stage: StagePlan) -> None:
+        """At a stage start: feed the trainable top from cached prefix outputs?
+
+        Only for a chain model whose stage trains a suffix above a frozen prefix, without
+        ``tf.distribute`` and with K > 0 (:mod:`alexkit.train.feature_cache`); the
+        previous stage's cache is dropped first (its prefix was another).
+        """
+        self._close_train_cache()
+        if (
+            self.feature_cache_views == 0
+            or self.strategy is not None
+            or stage.trainable_from == "all"
+            or self.data.num_train <= 0
+        ):
+            return
+        steps, natural = self.steps(), self._natural_steps()
+        rows = self.data.num_train if steps <= natural else steps * self.data.batch_size
+        budget = memory_budget() if self.feature_cache_memory is None else self.feature_cache_memory
+        self.train_cache = plan_train_cache(
+            self.model,
+            views=self.feature_cache_views,
+            stage_epochs=stage.epochs,
+            rows=rows,
+            budget=budget,
+            folder=self.run.path / CACHE_DIR,
+            seed=self.seed,
+            batch_size=self.data.batch_size,
+        )
+        if self.train_cache is not None:
+            self.train_cache.compile_like(self.model, self.jit)
+
+    def _close_train_cache(self) -> None:
+        if self.train_cache is not None:
+            self.train_cache.close()
+            self.train_cache = None
 
     def _validate_cached(self) -> tuple[np.ndarray, np.ndarray] | None:
         """Labels and probabilities from the cached prefix output, or None (not cached)."""

@@ -26,6 +26,7 @@ from alexkit.train.common import (
     versions,
 )
 from alexkit.train.engine import Engine, final_metrics, run_result
+from alexkit.train.feature_cache import resolve_views
 from alexkit.train.plan import (
     DataPlan,
     StagePlan,
@@ -63,6 +64,7 @@ def finetune(
     steps_per_epoch: int | None = None,
     checkpoint_every: int | None = None,
     jit: bool | None = False,
+    feature_cache_views: int | None = None,
 ) -> RunResult:
     """Fine-tune AlexNet on a folder of images following a recipe.
 
@@ -94,6 +96,12 @@ def finetune(
         steps_per_epoch: cap/extend each epoch to this many batches.
         checkpoint_every: also checkpoint every N steps (epoch ends always are).
         jit: XLA-compile the train step (None: Keras' "auto").
+        feature_cache_views: a stage that trains only layers above a frozen prefix
+            runs the prefix on this many augmented views of each training image (the
+            first K epochs' own) and feeds later epochs from them
+            (:mod:`alexkit.train.feature_cache`); 0 runs every epoch uncached. None:
+            the run's saved choice on resume, else
+            :data:`~alexkit.train.feature_cache.DEFAULT_VIEWS`.
 
     Returns:
         A :class:`RunResult`.
@@ -102,11 +110,14 @@ def finetune(
         RecipeError, WeightsError, DataError, CheckpointError, Interrupted.
     """
     t0 = time.perf_counter()
+    if feature_cache_views is not None:
+        resolve_views(feature_cache_views)  # a bad count fails before --out is touched
     out_path = resolve_out(out, "finetune")
     given = dict(
         recipe=_recipe_arg(recipe), data=_absolute(data), val=_absolute(val), weights=weights,
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, steps_per_epoch=steps_per_epoch,
         positive_class=positive_class, target_sensitivity=target_sensitivity,
+        feature_cache_views=feature_cache_views,
     )  # fmt: skip
     args = merge_saved_args(out_path, resume, given)
     # On resume, --recipe/--data/--val may be left out: the run's own are used.
@@ -180,6 +191,7 @@ def _finetune_run(
         make_val=make_val, monitor=monitor, metrics=wanted, class_weight=weight_of_class,
         seed=seed, steps_per_epoch=args["steps_per_epoch"], checkpoint_every=checkpoint_every,
         jit=jit, progress=progress, resume=resume,
+        feature_cache_views=args.get("feature_cache_views"),
     )  # fmt: skip
     state = engine.run_all()
     # End of run: the best model evaluated on the validation data (metrics.json).
@@ -314,6 +326,7 @@ def _config(
             "metrics": metrics,
             "class_weight": class_weight,
             "stages": [dataclasses.asdict(s) for s in stages],
+            "feature_cache_views": resolve_views(args.get("feature_cache_views")),
         },
         "preprocessing": preprocessing(variant, plan),
         "data": {
