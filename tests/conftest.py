@@ -88,3 +88,48 @@ def free_ports(n: int) -> list[int]:
     for s in socks:
         s.close()
     return ports
+
+
+# --------------------------------------------------------------------------- tiny AlexNet
+# Tests of the pipeline, the engine and the CLI run the `tiny` variant (the 2012 layout at
+# 1/8 width on 99x99, 0.2M parameters) through the same code paths as AlexNet: seconds
+# and megabytes instead of minutes and gigabytes. Tests that guard AlexNet itself keep it.
+
+
+def tiny_recipe(name: str = "digits", **changes):
+    """Built-in recipe ``name`` for the ``tiny`` variant (its 99x99 input), plus ``changes``."""
+    import dataclasses
+
+    from alexkit.recipes import load_recipe
+
+    return dataclasses.replace(load_recipe(name), variant="tiny", image_size=99, **changes)
+
+
+@pytest.fixture(scope="session")
+def tiny_alexnet_file(tmp_path_factory):
+    """A 10-class ``tiny`` AlexNet (He init, seed 0) saved once per session as ``.keras``."""
+    from alexkit.model import build_alexnet
+
+    path = tmp_path_factory.mktemp("tiny_alexnet") / "tiny.keras"
+    build_alexnet("tiny", num_classes=10, kernel_init="he", seed=0).save(path)
+    return path
+
+
+@pytest.fixture
+def tiny_weights(tiny_alexnet_file):
+    """That model as store entry ``tiny-base`` (variant ``tiny``) of this test's ALEXKIT_HOME.
+
+    ``finetune`` with a recipe of variant ``tiny`` takes ``weights="tiny-base"`` (CLI
+    ``--weights tiny-base``); subprocesses see the same store through ALEXKIT_HOME.
+    """
+    from alexkit.model import load_model
+    from alexkit.weights import register_weights
+
+    register_weights(
+        load_model(str(tiny_alexnet_file)),
+        "tiny-base",
+        variant="tiny",
+        source=str(tiny_alexnet_file),
+        kind="pretrain",
+    )
+    return "tiny-base"

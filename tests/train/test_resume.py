@@ -1,4 +1,11 @@
-"""``kill -9`` in the middle of an epoch, then ``--resume``: a real subprocess each time."""
+"""``kill -9`` in the middle of an epoch, then ``--resume``: a real subprocess each time.
+
+These guard the run loop's resume, not AlexNet, so they train the ``tiny`` variant (the
+2012 layout at 1/8 width) through the real CLI. Its steps take milliseconds, so the child
+pauses right after saving the checkpoint the test waits for (a runner wraps
+``CheckpointManager.save``) and is killed there, in the middle of an epoch, instead of
+finishing before the parent's next look.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +23,7 @@ from alexkit.cli import app
 
 RECIPE = """
 name = "resume-test"
+variant = "tiny"
 batch_size = 4
 seed = 0
 monitor = "accuracy"
@@ -37,6 +45,32 @@ lr = 0.0001
 """
 
 
+# `python -m alexkit ARGS` whose checkpoint saves pause (for the SIGKILL) from step PAUSE_AT.
+RUNNER = """
+import sys
+import time
+
+from alexkit import runs
+
+pause_at = int(sys.argv[1])
+save = runs.CheckpointManager.save
+
+
+def save_then_pause(self, model_arrays, optimizer_arrays, state, *args, **kwargs):
+    path = save(self, model_arrays, optimizer_arrays, state, *args, **kwargs)
+    if state["global_step"] >= pause_at:
+        time.sleep(600)  # the test kills the process here
+    return path
+
+
+runs.CheckpointManager.save = save_then_pause
+from alexkit.cli import main
+
+sys.argv = ["alexkit", *sys.argv[2:]]
+main()
+"""
+
+
 def _checkpoint_steps(out):
     try:
         index = json.loads((out / "checkpoints" / "index.json").read_text())
@@ -46,10 +80,12 @@ def _checkpoint_steps(out):
 
 
 def _run_until_killed(args, out, kill_after_step, timeout=240.0):
-    """Start ``python -m alexkit ARGS``; SIGKILL it once a checkpoint >= the step exists."""
+    """Start ``alexkit ARGS``; SIGKILL it once a checkpoint >= the step exists."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", NO_COLOR="1")
+    runner = out.parent / "runner.py"
+    runner.write_text(RUNNER)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "alexkit", *args],
+        [sys.executable, str(runner), str(kill_after_step), *args],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -80,13 +116,11 @@ def _rows(history):
 
 @pytest.mark.slow
 def test_finetune_kill_9_mid_epoch_then_resume_gives_the_uninterrupted_history(
-    tmp_path, class_folder
+    tmp_path, class_folder, tiny_weights
 ):
-    from alexkit.model import build_alexnet
     from alexkit.train import finetune
 
-    weights = tmp_path / "features.keras"
-    build_alexnet("original", num_classes=10, kernel_init="he", seed=0).save(weights)
+    weights = tiny_weights  # a store entry (variant tiny) the subprocesses see too
     recipe = tmp_path / "recipe.toml"
     recipe.write_text(RECIPE)
 
@@ -94,6 +128,7 @@ def test_finetune_kill_9_mid_epoch_then_resume_gives_the_uninterrupted_history(
     reference = finetune(
         str(recipe), class_folder, weights=str(weights), out=tmp_path / "ref", steps_per_epoch=3
     )
+    assert reference.history[-1]["stage_name"] == "top"
 
     out = tmp_path / "run"
     # 3 steps per epoch; checkpoint every step; kill once step 5 (epoch 2, step 2) is saved.
@@ -134,7 +169,8 @@ def test_pretrain_kill_9_mid_epoch_then_resume(tmp_path):
     out = tmp_path / "run"
     # 32 training images, batch 8: 4 steps per epoch; checkpoints every 3 steps.
     args = ["pretrain", "--data", str(data), "--out", str(out), "--epochs", "2", "--quiet"]
-    args += ["--batch-size", "8", "--lr", "0.0001", "--init", "he", "--no-jit"]
+    args += ["--variant", "tiny", "--batch-size", "8", "--lr", "0.0001", "--init", "he"]
+    args += ["--no-jit"]
     args += ["--checkpoint-every", "3"]
     _run_until_killed(args, out, kill_after_step=6)  # step 6 = epoch 2, step 2
     cli = CliRunner().invoke(app, ["pretrain", "--out", str(out), "--resume", "-q", "--json"])
@@ -142,7 +178,7 @@ def test_pretrain_kill_9_mid_epoch_then_resume(tmp_path):
     result = json.loads(cli.stdout)
     assert [r["epoch"] for r in result["history"]] == [1, 2]
     assert [r["images"] for r in result["history"]] == [32, 32]
-    assert result["weights_name"] == "pretrain-original-run"  # registered at the end
+    assert result["weights_name"] == "pretrain-tiny-run"  # registered at the end
     state = json.loads(
         sorted((out / "checkpoints").glob("ckpt-*"))[-1].joinpath("state.json").read_text()
     )
