@@ -35,7 +35,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/_lib.sh"
 example_setup autism autism "$@"
 
 run "${AK[@]}" data check "$DATA"
-run "${AK[@]}" finetune --recipe autism --data "$DATA/train" --val "$DATA/valid" \
+run "${AK[@]}" finetune --recipe "$RECIPE" --data "$DATA/train" --val "$DATA/valid" \
     --out "$OUT/run" --force "${TRAIN_ARGS[@]}"
 run "${AK[@]}" evaluate "$OUT/run" --data "$DATA/test" --out "$OUT/run/eval" "${EVAL_ARGS[@]}"
 # `sed -n 1p` reads all its input: `head` could make sort die of SIGPIPE (pipefail).

@@ -37,7 +37,7 @@ example_setup plants plants "$@"
 
 run "${AK[@]}" data check "$DATA"
 run "${PY[@]}" "$EXAMPLES_DIR/holdout.py" "$DATA" --out "$OUT/split" --test-fraction 0.1
-run "${AK[@]}" finetune --recipe plants --data "$OUT/split/train.csv" --out "$OUT/run" --force \
+run "${AK[@]}" finetune --recipe "$RECIPE" --data "$OUT/split/train.csv" --out "$OUT/run" --force \
     "${TRAIN_ARGS[@]}"
 run "${AK[@]}" evaluate "$OUT/run" --data "$OUT/split/test.csv" --out "$OUT/run/eval" \
     "${EVAL_ARGS[@]}"

@@ -1,10 +1,15 @@
 """The examples/ workflows run end to end on their generated stand-ins.
 
-Each ``examples/<domain>.sh --synthetic`` runs in bash exactly as a user would run it,
-with the installed ``alexkit`` executable (the one next to this Python). The four scripts
-and ``features_sklearn.py --quick`` are started by one module-scoped fixture, two at a
-time: most of each run is process start-up (TensorFlow import), model saving and loading,
-which overlap well. Their large outputs (~0.9 GB a run) are deleted afterwards.
+Each ``examples/<domain>.sh --synthetic --variant tiny`` runs in bash exactly as a user
+would run it, with the installed ``alexkit`` executable (the one next to this Python). The
+``tiny`` variant (the 2012 layout at 1/8 width, 0.2M parameters) goes through the very
+commands the recipe's full-size AlexNet would, in seconds instead of a minute and a GB of
+model files a run: what these tests guard is the workflows (arguments, layouts, the order
+of the steps, the files they leave), not AlexNet. That the default workflow trains the
+recipe itself (its own variant) is checked with a stand-in ``alexkit`` that records its
+arguments. The four scripts and ``features_sklearn.py --quick`` are started by one
+module-scoped fixture, two at a time: most of each run is process start-up (TensorFlow
+import), which overlaps well.
 """
 
 from __future__ import annotations
@@ -24,16 +29,27 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from alexkit.recipes import load_recipe
+from alexkit.variants import VARIANTS
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SCRIPTS = ("xray", "plants", "autism", "satellite")
 
-# What each synthetic run must produce: classes in label order, input size, grayscale,
-# and how many held-out test images the stand-in (6 training images a class) yields.
+# The workflows run on the tiny variant (see the module docstring).
+VARIANT = "tiny"
+# What each synthetic run must produce: classes in label order, the recipe's own variant
+# (what a run without --variant trains), grayscale, and how many held-out test images
+# the stand-in (6 training images a class) yields.
 EXPECTED = {
-    "xray": (["NORMAL", "PNEUMONIA"], 227, True, 6),
-    "plants": (["Apple___Apple_scab", "Tomato___Late_blight", "Tomato___healthy"], 227, False, 3),
-    "autism": (["Autistic", "Non_Autistic"], 227, False, 6),
-    "satellite": (["AnnualCrop", "Forest", "Residential", "SeaLake"], 224, False, 4),
+    "xray": (["NORMAL", "PNEUMONIA"], "original", True, 6),
+    "plants": (
+        ["Apple___Apple_scab", "Tomato___Late_blight", "Tomato___healthy"],
+        "original",
+        False,
+        3,
+    ),
+    "autism": (["Autistic", "Non_Autistic"], "original", False, 6),
+    "satellite": (["AnnualCrop", "Forest", "Residential", "SeaLake"], "torchvision", False, 4),
 }
 
 
@@ -42,6 +58,10 @@ def _load_module(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def with_variant(recipe, variant):
+    return _load_module("recipe_variant").with_variant(recipe, variant)
 
 
 def _alexkit_command() -> str:
@@ -85,18 +105,20 @@ def example_runs(request, tmp_path_factory):
     bash = shutil.which("bash") or "bash"
     jobs = {
         name: (
-            [bash, str(EXAMPLES / f"{name}.sh"), "--synthetic", "--out", str(base / name)],
+            [bash, str(EXAMPLES / f"{name}.sh"), "--synthetic", "--variant", VARIANT]
+            + ["--out", str(base / name)],
             base / name,
         )
         for name in SCRIPTS
     }
-    jobs["features"] = ([sys.executable, str(EXAMPLES / "features_sklearn.py"), "--quick"], base)
+    features = [sys.executable, str(EXAMPLES / "features_sklearn.py"), "--quick"]
+    jobs["features"] = ([*features, "--variant", VARIANT], base)
     jobs = {name: job for name, job in jobs.items() if name in _selected_jobs(request.session)}
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures = {name: pool.submit(_run, args, env, base) for name, (args, _) in jobs.items()}
         results = {name: (futures[name].result(), jobs[name][1]) for name in jobs}
     yield results
-    shutil.rmtree(base, ignore_errors=True)  # model.keras + checkpoints: ~0.9 GB per run
+    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.mark.slow
@@ -104,16 +126,23 @@ def example_runs(request, tmp_path_factory):
 def test_workflow_runs_end_to_end(example_runs, name):
     result, out = example_runs[name]
     assert result.returncode == 0, f"{name}.sh failed:\n{result.stderr[-3000:]}"
-    classes, image_size, grayscale, n_test = EXPECTED[name]
+    classes, _, grayscale, n_test = EXPECTED[name]
     run = out / "run"
 
     config = json.loads((run / "config.json").read_text())
     assert config["class_names"] == classes
     assert config["recipe"]["name"] == name
-    assert config["image_size"] == image_size
+    assert config["variant"] == config["recipe"]["variant"] == VARIANT
+    assert config["image_size"] == VARIANTS[VARIANT]["image_size"] == 99
     assert config["grayscale"] is grayscale
     assert config["args"]["weights"] == "none"
-    assert (run / "model.keras").stat().st_size > 200e6  # ~57M float32 parameters
+    # The recipe written for --variant is the domain's recipe in every other respect.
+    assert load_recipe(out / f"recipe-{VARIANT}.toml") == with_variant(load_recipe(name), VARIANT)
+    # Every weight of the model saved (float32): the tiny net with this many classes.
+    params = VARIANTS[VARIANT]["params"] - (VARIANTS[VARIANT]["fc_units"] + 1) * (
+        1000 - len(classes)
+    )
+    assert 4 * params < (run / "model.keras").stat().st_size < 4 * params + 2e6
 
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     matrix = np.asarray(metrics["confusion_matrix"])
@@ -135,8 +164,10 @@ def test_features_sklearn_quick_prints_accuracies(example_runs):
     assert result.returncode == 0, result.stderr[-3000:]
     scores = dict(re.findall(r"^(\w+) accuracy: ([0-9.]+)$", result.stdout, re.M))
     assert set(scores) == {"majority", "logreg", "linear_svm"}
+    assert "fc7 features: 128 dims" in result.stdout  # tiny's fc7
     assert float(scores["majority"]) == pytest.approx(0.1)  # 10 digits, 4 test images each
-    # Random-init fc7 features of digits are far above chance (measured ~0.9).
+    # Random-init fc7 features of digits are far above chance (measured 0.8 on tiny's
+    # 128-dim fc7, ~0.9 on AlexNet's 4096).
     assert float(scores["logreg"]) >= 0.5
     assert float(scores["linear_svm"]) >= 0.5
 
@@ -144,10 +175,40 @@ def test_features_sklearn_quick_prints_accuracies(example_runs):
 # --------------------------------------------------------------------------- fast checks
 
 
+# A stand-in for the alexkit command: records each call's arguments, does nothing.
+RECORDER = """#!/usr/bin/env bash
+printf '%s\\n' "$*" >> "$ALEXKIT_CALLS"
+"""
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_workflow_without_variant_trains_the_recipe_itself(name, tmp_path):
+    """As a user runs it: ``--recipe <domain>``, so the recipe's own variant (the runs
+    above take ``--variant tiny``)."""
+    recorder = tmp_path / "alexkit"
+    recorder.write_text(RECORDER)
+    recorder.chmod(0o755)
+    env = _env(tmp_path / "home")
+    env.update(ALEXKIT=str(recorder), ALEXKIT_CALLS=str(tmp_path / "calls.txt"))
+    script = ["bash", str(EXAMPLES / f"{name}.sh"), "--synthetic"]
+    result = _run([*script, "--out", str(tmp_path / "out")], env, tmp_path)
+    assert result.returncode == 0, result.stderr
+    calls = (tmp_path / "calls.txt").read_text().splitlines()
+    assert [c.split()[0] for c in calls] == ["data", "finetune", "evaluate", "predict"]
+    assert re.search(r"--recipe (\S+) ", calls[1]).group(1) == name
+    assert load_recipe(name).variant == EXPECTED[name][1]
+    assert not list((tmp_path / "out").glob("recipe-*"))
+
+
 @pytest.mark.parametrize("name", SCRIPTS)
 @pytest.mark.parametrize(
     ("args", "message"),
-    [([], "--synthetic"), (["missing"], "no such folder"), (["--bogus"], "unknown option")],
+    [
+        ([], "--synthetic"),
+        (["missing"], "no such folder"),
+        (["--bogus"], "unknown option"),
+        (["--synthetic", "--variant", "huge"], "invalid choice: 'huge'"),
+    ],
 )
 def test_script_refuses_bad_arguments_before_doing_anything(name, args, message, tmp_path):
     result = _run(["bash", str(EXAMPLES / f"{name}.sh"), *args], _env(tmp_path), tmp_path)
@@ -223,3 +284,19 @@ def test_holdout_is_a_stratified_partition(tmp_path):
     assert sorted(label for _, label in test_rows) == sorted(
         ["AnnualCrop", "Forest", "Residential", "SeaLake"] * 2
     )
+
+
+def test_recipe_for_another_variant_changes_only_what_the_variant_needs():
+    import dataclasses
+
+    xray = load_recipe("xray")
+    tiny = with_variant(xray, "tiny")
+    assert (tiny.variant, tiny.image_size, tiny.augment.resize) == ("tiny", 99, 112)
+    assert dataclasses.replace(tiny, variant="original", image_size=227, augment=xray.augment) == (
+        xray
+    )
+    # A resize the recipe chose itself (not its variant's default) is kept.
+    own = dataclasses.replace(xray, augment=dataclasses.replace(xray.augment, resize=300))
+    assert with_variant(own, "tiny").augment.resize == 300
+    with pytest.raises(ValueError, match="huge"):
+        with_variant(xray, "huge")
