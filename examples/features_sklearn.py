@@ -148,7 +148,9 @@ def main() -> None:
     parser.add_argument("--data", help="Images (any alexkit layout); default: digits.")
     parser.add_argument("--model", help="Run directory or .keras file to take features from.")
     parser.add_argument("--weights", default="none", help="imagenet | store name | none.")
-    parser.add_argument("--variant", default="torchvision", help="original | torchvision.")
+    parser.add_argument(
+        "--variant", default="torchvision", help="original | torchvision | tiny (smoke test)."
+    )
     parser.add_argument("--layer", default="fc7", help="fc7, fc6, pool5, conv5, ...")
     parser.add_argument("--per-class", type=int, help="Use at most N training images a class.")
     parser.add_argument("--quick", action="store_true", help="Same as --per-class 8.")
