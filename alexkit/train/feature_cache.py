@@ -300,8 +300,7 @@ class _ViewWriter:
     def add(self, features: np.ndarray, labels: np.ndarray) -> None:
         end = self.rows + len(features)
         if end > len(self.features):  # more rows than planned: grow (in memory)
-            grown = np.empty((max(end, 2 * len(self.features)), *self.features.shape[1:]))
-            grown = grown.astype(np.float32, copy=False)
+            grown = np.empty((max(end, 2 * len(self.features)), *self.features.shape[1:]), "f4")
             grown[: self.rows] = self.features[: self.rows]
             self.features = grown
         self.features[self.rows : end] = features
@@ -352,7 +351,11 @@ def plan_train_cache(
     need = kept * rows * size * 4
     what = f"{kept} view(s) of {rows} images at '{name}' ({_human(need)})"
     if need <= budget:
-        log.info("training: frozen layers up to %r run once per view; %s in memory", name, what)
+        log.info(
+            "training: the top is fed from the output of the frozen layers up to %r: %s in "
+            "memory (K=%d over %d epochs)",
+            name, what, views, stage_epochs,
+        )  # fmt: skip
         store = None
     else:
         free = free_disk_bytes(folder.parent)

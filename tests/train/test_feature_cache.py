@@ -129,6 +129,13 @@ def test_k_equal_to_epochs_reproduces_the_uncached_trajectory(tmp_path, caplog):
         assert ours["loss"] == pytest.approx(theirs["loss"], rel=1e-5, abs=1e-7)
         assert ours["accuracy"] == pytest.approx(theirs["accuracy"], abs=1e-9)
         assert ours["val_loss"] == pytest.approx(theirs["val_loss"], rel=1e-5, abs=1e-7)
+    # The model trained through the cache saves and loads as the whole network.
+    import keras
+
+    saved = keras.saving.load_model(tmp_path / "cached" / "model.keras", compile=False)
+    assert [la.name for la in saved.layers] == [la.name for la in cached.model.layers]
+    for ours, theirs in zip(saved.get_weights(), cached.best_weights, strict=True):
+        np.testing.assert_array_equal(ours, theirs)
 
 
 def test_later_epochs_read_the_kept_views(tmp_path, caplog):
