@@ -354,7 +354,9 @@ def _weights_variant(weights: str, variant: str) -> str:
                 config = zf.read("config.json").decode()
         except (OSError, KeyError, zipfile.BadZipFile) as err:
             raise WeightsError(f"{path}: not a readable .keras file ({err}).") from err
-        return "original" if '"lrn1"' in config else "torchvision"
+        from alexkit.variants import variant_of_config
+
+        return variant_of_config(config)
     return variant
 
 

@@ -326,3 +326,41 @@ def test_cli_flag_reaches_finetune(monkeypatch):
     helped = runner.invoke(app, ["finetune", "--help"], terminal_width=200)
     assert "--feature-cache-views" in helped.output
     assert f"(default {DEFAULT_VIEWS})" in " ".join(helped.output.replace("│", " ").split())
+
+
+def test_finetune_on_images_with_k_equal_to_epochs_sees_the_uncached_views(
+    tmp_path, class_folder, tiny_weights, caplog
+):
+    """The real pipeline (random rotation and brightness of digits-fewshot) on the tiny
+    AlexNet: K=3 over 3 head-only epochs trains as the uncached run, the cache cut at fc6
+    (drop6 above it stays live)."""
+    import json
+
+    from conftest import tiny_recipe
+
+    from alexkit.train import finetune
+
+    caplog.set_level(logging.INFO, logger=CACHE_LOG)
+    recipe = tiny_recipe("digits-fewshot", batch_size=8)
+    runs = {
+        views: finetune(
+            recipe,
+            class_folder,
+            weights=tiny_weights,
+            out=tmp_path / f"k{views}",
+            epochs=3,
+            seed=0,
+            feature_cache_views=views,
+        )  # fmt: skip
+        for views in (0, 3)
+    }
+    lines = _cache_lines(caplog)
+    assert len(lines) == 1 and "'fc6'" in lines[0] and "K=3 over 3 epochs" in lines[0]
+    plain, cached = runs[0].history, runs[3].history
+    assert len(plain) == len(cached) == 3 and len({r["loss"] for r in plain}) == 3
+    for ours, theirs in zip(cached, plain, strict=True):
+        assert ours["loss"] == pytest.approx(theirs["loss"], rel=1e-5)
+        assert ours["val_loss"] == pytest.approx(theirs["val_loss"], rel=1e-5)
+    config = json.loads((tmp_path / "k3" / "config.json").read_text())
+    assert config["resolved"]["feature_cache_views"] == 3
+    assert not (tmp_path / "k3" / "feature-cache").exists()
