@@ -20,8 +20,11 @@ from alexkit.crossval import (
 )
 from alexkit.errors import CheckpointError, DataError
 
+# The tiny variant (AlexNet's 2012 layout at 1/8 width): what is under test is the
+# folds, the pooling, the summary and resume, not AlexNet's 57M parameters.
 RECIPE = """
 name = "crossval-test"
+variant = "tiny"
 batch_size = 4
 seed = 0
 monitor = "accuracy"
@@ -236,6 +239,7 @@ def test_crossval_pools_every_item_once_and_resumes_to_the_same_summary(tmp_path
     with pytest.raises(Stop):
         crossval(str(recipe), manifest, folds=2, out=out, progress=stop_in_fold_2, **common)
     assert (out / "fold-1" / "metrics.json").is_file()
+    assert json.loads((out / "fold-1" / "config.json").read_text())["variant"] == "tiny"
     assert not (out / "fold-2" / "metrics.json").exists()
     assert not (out / "summary.json").exists()
 
