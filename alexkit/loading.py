@@ -208,7 +208,7 @@ def model_with_precision(model: Any, precision: str) -> Any:
     from alexkit.precision import resolve_precision
 
     policy = resolve_precision(precision)
-    if getattr(model, "card", None) is not None or not hasattr(model, "get_config"):
+    if _is_exported_model(model):
         if policy == "float32":
             return model
         raise UsageError(
@@ -293,12 +293,34 @@ def apply_precision(model: Any, precision: Any) -> tuple[Any, Any]:
         precision: None (the model as it is), a precision name (``auto`` resolved on
             this machine) or a :class:`alexkit.precision.PrecisionChoice` made already.
 
+    ``auto`` never fails on an exported model: it runs as exported, and the choice says so
+    (:func:`exported_choice`).
+
     Raises:
-        UsageError: an unknown name, or bfloat16 asked of an exported model.
+        UsageError: an unknown name, or bfloat16 asked for by name of an exported model.
     """
     from alexkit.precision import as_choice
 
     choice = as_choice(precision)
     if choice is None:
         return model, None
+    if _is_exported_model(model):
+        choice = exported_choice(choice)
     return model_with_precision(model, choice.policy), choice
+
+
+def exported_choice(choice: Any) -> Any:
+    """What ``choice`` becomes for an exported model: ``auto`` means "as exported" (float32
+    in, whatever the file computes inside); an explicit name is kept (and refused later
+    when it is not float32)."""
+    import dataclasses
+
+    if choice.requested.strip().lower() != "auto" or choice.policy == "float32":
+        return choice
+    return dataclasses.replace(
+        choice, policy="float32", reason="auto: an exported model runs as it was exported"
+    )
+
+
+def _is_exported_model(model: Any) -> bool:
+    return getattr(model, "card", None) is not None or not hasattr(model, "get_config")

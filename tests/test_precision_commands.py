@@ -174,6 +174,19 @@ def test_an_auto_default_is_a_one_line_change_and_is_said(run_and_data, runner, 
     assert json.loads(result.stdout)["precision"]["requested"] == "auto"
 
 
+def test_auto_on_an_exported_file_says_it_runs_as_exported(monkeypatch, capsys):
+    from alexkit.commands.evaluate import choose_and_show_precision
+
+    monkeypatch.setattr(precision, "read_cpu_info", lambda: parse_cpuinfo(EPYC))
+    monkeypatch.setattr(precision, "gpu_compute_capabilities", lambda: [])
+    choice = choose_and_show_precision("auto", "model.onnx")
+    assert (choice.requested, choice.policy) == ("auto", "float32")
+    assert "precision float32 (auto: an exported model runs as it was exported)" in (
+        " ".join(capsys.readouterr().err.split())
+    )
+    assert choose_and_show_precision("auto", "run-dir").policy == "mixed_bfloat16"
+
+
 def test_library_functions_take_precision(run_and_data):
     from alexkit.evaluate import load_eval_spec, load_trained
     from alexkit.extract import extract_arrays

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from alexkit.errors import UsageError
-from alexkit.loading import layer_policies, load_trained, model_with_precision
+from alexkit.loading import apply_precision, layer_policies, load_trained, model_with_precision
+from alexkit.precision import PrecisionChoice
 
 SIZE = 67  # the smallest input the original layout's conv1..pool5 accept with room to spare
 
@@ -174,6 +175,17 @@ def test_exported_models_run_as_exported():
     assert model_with_precision(exported, "float32") is exported
     with pytest.raises(UsageError, match="exported model runs in the precision"):
         model_with_precision(exported, "mixed_bfloat16")
+    # auto never fails there: the file runs as exported, and the recorded choice says so.
+    auto = PrecisionChoice("auto", "mixed_bfloat16", "auto: CPU X has avx512_bf16")
+    same, choice = apply_precision(exported, auto)
+    assert same is exported
+    assert choice.as_dict() == {
+        "requested": "auto",
+        "policy": "float32",
+        "reason": "auto: an exported model runs as it was exported",
+    }
+    with pytest.raises(UsageError, match="exported model runs in the precision"):
+        apply_precision(exported, "bf16")  # asked for by name: refused, not ignored
 
 
 def test_unknown_precision_is_a_usage_error(logits_model):

@@ -24,12 +24,13 @@ def precision_option() -> Any:
     return typer.Option(None, "--precision", help=PRECISION_HELP)
 
 
-def choose_and_show_precision(requested: str | None) -> Any:
+def choose_and_show_precision(requested: str | None, model: Any = None) -> Any:
     """Resolve ``--precision`` (a bad name: exit 2 before anything loads).
 
     Said once on stderr when it was asked for or chosen by ``auto`` (a choice that
     depends on the machine); a plain default run stays quiet, and its choice is still
-    recorded (reason ``"default"``).
+    recorded (reason ``"default"``). ``model``: the MODEL argument, so ``auto`` on an
+    exported file says it runs as exported.
 
     Returns:
         The ``PrecisionChoice`` the library records (e.g. in ``metrics.json``'s meta).
@@ -42,6 +43,11 @@ def choose_and_show_precision(requested: str | None) -> Any:
     choice = choose_precision(name)
     if requested is None and choice.reason == "asked for":
         choice = dataclasses.replace(choice, reason="default")
+    if model is not None:
+        from alexkit.loading import exported_choice, is_exported
+
+        if is_exported(model):
+            choice = exported_choice(choice)
     if requested is not None or choice.requested == "auto":
         err_console().print(f"precision {choice.policy} ({choice.reason})", highlight=False)
     return choice
@@ -262,7 +268,7 @@ def evaluate(
 
     check_level(ci_level)
     if probe is None:
-        chosen = choose_and_show_precision(precision)
+        chosen = choose_and_show_precision(precision, model)
     elif precision is not None:
         raise UsageError("--precision applies to the trained model, not to --probe.")
     if n_boot < 0 or 0 < n_boot < 100:
@@ -425,7 +431,7 @@ def predict(
         raise UsageError("choose one of --json and --csv.")
     if top_k < 1:
         raise UsageError(f"--top-k must be >= 1; received {top_k}.")
-    chosen = choose_and_show_precision(precision)
+    chosen = choose_and_show_precision(precision, model)
     from alexkit.evaluate import load_trained, media_options_from_config, model_image_size
     from alexkit.predict import predict_images
 
