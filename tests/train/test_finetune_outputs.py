@@ -1,8 +1,10 @@
 """What a finetune run leaves for evaluation: calibration.json, data-hashes.json, a run lock,
 and recipes applied to the user's own class names.
 
-A head-only stage on He-initialised AlexNet features (a ``.keras`` file) learns the
-generated colour classes in a few steps, so the validation probabilities are informative.
+A head-only stage on He-initialised ``tiny`` AlexNet features (the 2012 layout at 1/8
+width; a ``.keras`` file) learns the generated colour classes in a few steps, so the
+validation probabilities are informative. What is under test is what the run writes,
+which is the same for every variant.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from alexkit.errors import CheckpointError
 
 BINARY_HEAD = """
 name = "binary-head"
+variant = "tiny"
 batch_size = 8
 seed = 0
 metrics = ["accuracy", "auc"]
@@ -27,19 +30,23 @@ hflip = false
 pca_lighting = 0.0
 [[stages]]
 name = "head"
-epochs = 2
+epochs = 3
 trainable_from = "head"
 optimizer = "adam"
-lr = 0.001
+lr = 0.01
 """
 
 
 @pytest.fixture(scope="module")
 def features_file(tmp_path_factory):
+    """Tiny AlexNet features; its own dropout off and the head's lr 0.01, as in
+    test_finetune.py (128-unit fc6/fc7: dropout there drowns what a head can learn in a
+    few steps, and Adam's steps move the logits ~30x less than on AlexNet's 4096); three
+    epochs (measured: validation accuracy 0.5 after two, 1.0 after three)."""
     from alexkit.model import build_alexnet
 
     path = tmp_path_factory.mktemp("weights") / "features.keras"
-    build_alexnet("original", num_classes=10, kernel_init="he", seed=0).save(path)
+    build_alexnet("tiny", num_classes=10, kernel_init="he", seed=0, dropout=0.0).save(path)
     return path
 
 
@@ -72,6 +79,7 @@ def test_finetune_fits_the_temperature_on_validation(binary_run):
     run = base / "run"
     saved = json.loads((run / "calibration.json").read_text())
     assert saved["fitted_on"] == "val" and saved["num_samples"] == result.metrics["num_samples"]
+    assert result.metrics["accuracy"] >= 0.75  # the head learned: informative probabilities
     # The best model's raw validation probabilities, evaluated independently.
     report = evaluate_model(run, _val_spec(run), calibrate=False, ci_level=None, check_leaks=False)
     y, p = report.y_true, report.probs
