@@ -29,9 +29,12 @@ CLASSES = ("lesion", "normal")
 SLICES = 3  # every volume: 3 axial slices, none empty
 FRAMES = 3  # frames sampled per clip (the recipe's [media] table)
 
+# The tiny variant (AlexNet's 2012 layout at 1/8 width): the media handling through the
+# CLI is under test, the same for every variant, not AlexNet's 57M parameters.
 RECIPE = f"""
 name = "media-test"
 description = "Tiny volumes and clips for the pipeline test."
+variant = "tiny"
 batch_size = 4
 seed = 0
 monitor = "loss"
@@ -106,6 +109,7 @@ def test_finetune_then_evaluate_reports_frame_and_volume_metrics(media_run):
     config = json.loads((run / "config.json").read_text())
     assert config["recipe"]["media"]["frames_per_clip"] == FRAMES
     assert config["class_names"] == list(CLASSES)
+    assert config["variant"] == "tiny" and config["image_size"] == 99
     # The run's own validation metrics are scored per volume as well as per slice.
     run_metrics = json.loads((run / "metrics.json").read_text())
     assert run_metrics["groups"]["level"] == "volume"
@@ -179,7 +183,7 @@ def test_extract_per_frame_columns_and_pooled_rows_per_clip(media_run, tmp_path)
     pooled = read_rows(pooled_out)
     assert len(pooled) == 2  # one row per clip
     features = [c for c in rows[0] if c[0] == "f" and c[1:].isdigit()]
-    assert len(features) == 4096  # fc7
+    assert len(features) == 128  # tiny's fc7
     for row in pooled:
         assert int(row["frames"]) == FRAMES
         mine = [r for r in rows if r["path"] == row["path"]]
