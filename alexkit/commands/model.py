@@ -12,7 +12,11 @@ model_app = typer.Typer(help="Inspect the AlexNet model.", no_args_is_help=True)
 @model_app.command("summary")
 @guarded
 def summary(
-    variant: str = typer.Option("original", "--variant", help="original (2012) or torchvision."),
+    variant: str = typer.Option(
+        "original",
+        "--variant",
+        help="original (2012) | torchvision | tiny (1/8 width, 99 px: smoke tests).",
+    ),
     classes: int = typer.Option(1000, "--classes", "-c", help="Size of the predictions layer."),
     json_output: bool = typer.Option(False, "--json", help="Print JSON only."),
 ) -> None:
