@@ -43,6 +43,7 @@ def test_version():
         ("original", 1000, 60_965_224),
         ("torchvision", 1000, 61_100_840),
         ("original", 2, 56_876_418),
+        ("tiny", 1000, 202_456),  # the smoke-test variant (1/8 width, 99x99)
     ],
 )
 def test_model_summary_json_totals(variant, classes, total):
