@@ -73,6 +73,23 @@ HEAD_ONLY = [("head", 3, None, "adam")]
 ALL_THEN_TOP = [("all", 1, "all", "sgd"), ("top", 2, "fc7", "adam")]
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """``uninterrupted(name)``: the uninterrupted run of HEAD_ONLY ("head") or ALL_THEN_TOP
+    ("all-then-top"), keep 2, and its run directory; made once for the module, since
+    several tests compare against the same one (every run reseeds, so order is moot)."""
+    root = tmp_path_factory.mktemp("reference")
+    done = {}
+
+    def get(name):
+        if name not in done:
+            specs = {"head": HEAD_ONLY, "all-then-top": ALL_THEN_TOP}[name]
+            done[name] = (_engine(root, name, _stages(*specs)).run_all(), root / name)
+        return done[name]
+
+    return get
+
+
 def _rows(history):
     return [{k: v for k, v in r.items() if k not in ("seconds", "img_per_s")} for r in history]
 
@@ -98,9 +115,11 @@ def _newest(out):
     return sorted((out / "checkpoints").glob("ckpt-*"))[-1]
 
 
-def test_head_only_checkpoint_holds_the_head_and_resumes_to_the_same_history(tmp_path):
+def test_head_only_checkpoint_holds_the_head_and_resumes_to_the_same_history(
+    tmp_path, uninterrupted
+):
     stages = _stages(*HEAD_ONLY)
-    reference = _engine(tmp_path, "ref", stages).run_all()
+    reference, reference_dir = uninterrupted("head")
 
     with pytest.raises(Interrupted):
         _engine(tmp_path, "run", stages, progress=_interrupt_at(6)).run_all()
@@ -135,13 +154,13 @@ def test_head_only_checkpoint_holds_the_head_and_resumes_to_the_same_history(tmp
     resumed = _engine(tmp_path, "run", stages, resume=True).run_all()
     assert _rows(resumed["history"]) == _rows(reference["history"])
     assert resumed["best"] == reference["best"] and resumed["global_step"] == 12
-    _same_model_file(tmp_path / "run", tmp_path / "ref")  # written at the end, the same
+    _same_model_file(tmp_path / "run", reference_dir)  # written at the end, the same
 
 
 @pytest.mark.parametrize("where", [3, 6, 8], ids=["stage1", "stage2-mid", "stage2-end"])
-def test_frozen_set_changing_between_stages_resumes_exactly(tmp_path, where):
+def test_frozen_set_changing_between_stages_resumes_exactly(tmp_path, uninterrupted, where):
     stages = _stages(*ALL_THEN_TOP)
-    reference = _engine(tmp_path, "ref", stages).run_all()
+    reference, reference_dir = uninterrupted("all-then-top")
 
     with pytest.raises(Interrupted):
         _engine(tmp_path, "run", stages, progress=_interrupt_at(where)).run_all()
@@ -157,14 +176,14 @@ def test_frozen_set_changing_between_stages_resumes_exactly(tmp_path, where):
     resumed = _engine(tmp_path, "run", stages, resume=True).run_all()
     assert _rows(resumed["history"]) == _rows(reference["history"])
     assert resumed["best"] == reference["best"] and resumed["global_step"] == 12
-    _same_model_file(tmp_path / "run", tmp_path / "ref")
+    _same_model_file(tmp_path / "run", reference_dir)
 
 
-def test_checkpoints_written_before_lean_ones_still_resume(tmp_path, monkeypatch):
+def test_checkpoints_written_before_lean_ones_still_resume(tmp_path, monkeypatch, uninterrupted):
     from alexkit.train.policies import Checkpoints
 
     stages = _stages(*HEAD_ONLY)
-    reference = _engine(tmp_path, "ref", stages).run_all()
+    reference, _ = uninterrupted("head")
     with monkeypatch.context() as patch:  # the old writer: every variable, no layout
         patch.setattr(Checkpoints, "start_stage", lambda self, model: None)
         with pytest.raises(Interrupted):
@@ -182,15 +201,17 @@ def test_resume_refuses_other_starting_weights_under_a_lean_checkpoint(tmp_path)
         _engine(tmp_path, "run", stages, resume=True, build=8).run_all()
 
 
-def test_keep_zero_writes_no_checkpoint_but_ctrl_c_still_saves_one(tmp_path):
+def test_keep_zero_writes_no_checkpoint_but_ctrl_c_still_saves_one(tmp_path, uninterrupted):
     stages = _stages(*ALL_THEN_TOP)
-    reference = _engine(tmp_path, "ref", stages, keep=0).run_all()
+    reference_zero = _engine(tmp_path, "ref", stages, keep=0).run_all()
     assert not (tmp_path / "ref" / "checkpoints").exists()
     # model.keras, written once at the end, is the best epoch's model: the very one a
     # run with checkpoints (which rewrites it at every improvement) leaves.
-    with_checkpoints = _engine(tmp_path, "ref2", stages, keep=2).run_all()
-    assert with_checkpoints["best"] == reference["best"]
-    _same_model_file(tmp_path / "ref", tmp_path / "ref2")
+    with_checkpoints, with_checkpoints_dir = uninterrupted("all-then-top")
+    assert list((with_checkpoints_dir / "checkpoints").glob("ckpt-*"))
+    assert with_checkpoints["best"] == reference_zero["best"]
+    assert _rows(with_checkpoints["history"]) == _rows(reference_zero["history"])
+    _same_model_file(tmp_path / "ref", with_checkpoints_dir)
 
     with pytest.raises(Interrupted):
         _engine(tmp_path, "run", stages, progress=_interrupt_at(6), keep=0).run_all()
@@ -199,7 +220,7 @@ def test_keep_zero_writes_no_checkpoint_but_ctrl_c_still_saves_one(tmp_path):
     source = json.loads((newest / "layout.json").read_text())["source"]
     assert (tmp_path / "run" / "checkpoints" / source).is_file()  # written when needed
     resumed = _engine(tmp_path, "run", stages, resume=True, keep=0).run_all()
-    assert _rows(resumed["history"]) == _rows(reference["history"])
+    assert _rows(resumed["history"]) == _rows(reference_zero["history"])
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
