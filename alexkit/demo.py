@@ -27,6 +27,7 @@ import numpy as np
 
 from alexkit.errors import CheckpointError
 from alexkit.paths import atomic_write_text
+from alexkit.precision import resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -38,34 +39,39 @@ TARGET_DIGITS = range(5, 10)
 
 @dataclass(frozen=True)
 class DemoSize:
-    """How much work each step does. ``full`` fits in ~10 minutes on 2 CPU cores."""
+    """How much work each step does."""
 
-    source_per_class: int  # images per digit for pretraining (≤ ~180)
+    source_per_class: int  # pretraining images per digit (≤ ~180 with the val ones)
+    source_val_per_class: int  # source images per digit that validate pretraining
     pretrain_epochs: int
+    pretrain_lr: float
     shots: int  # labelled target images per digit for fine-tuning
     val_per_class: int  # target validation images per digit
     test_per_class: int  # held-out target images per digit
     finetune_epochs: int | None  # per stage; None: the digits recipe's own stage epochs
     batch_size: int
     finetune_batch_size: int  # a few shots make few batches: smaller batches, more steps
+    precision: str = "auto"  # of every model: bfloat16 where the CPU or GPU has it
 
 
 SIZES = {
     "full": DemoSize(
-        source_per_class=120,
-        # Measured: 4 epochs reached 0.84 on the source task's validation images, 12
-        # reach 0.97; a weak source model gave transfer nothing to offer.
+        source_per_class=100,
+        source_val_per_class=10,
         pretrain_epochs=12,
+        pretrain_lr=2e-4,
         shots=5,
         val_per_class=10,
         test_per_class=60,
-        finetune_epochs=None,  # the digits-fewshot recipe's 30 head-only epochs
+        finetune_epochs=None,
         batch_size=32,
         finetune_batch_size=16,
     ),
     "quick": DemoSize(
         source_per_class=16,
+        source_val_per_class=2,
         pretrain_epochs=1,
+        pretrain_lr=2e-4,
         shots=4,
         val_per_class=2,
         test_per_class=4,
@@ -87,6 +93,8 @@ class DemoResult:
         artefacts: name → path of every file a person may want to open.
         seconds: wall time.
         quick: whether the quick size ran.
+        pretrain: the source task's run: precision, epochs, best validation accuracy on
+            digits 0-4, seconds.
     """
 
     out: Path
@@ -94,12 +102,14 @@ class DemoResult:
     artefacts: dict[str, Path] = field(default_factory=dict)
     seconds: float = 0.0
     quick: bool = False
+    pretrain: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "out": str(self.out),
             "quick": self.quick,
             "seconds": round(self.seconds, 1),
+            "pretrain": self.pretrain,
             "results": self.rows,
             "artefacts": {k: str(v) for k, v in self.artefacts.items()},
         }
@@ -124,8 +134,9 @@ def write_manifests(
 ) -> tuple[Path, Path]:
     """Write the source (pretraining) and target (few-shot) CSV manifests.
 
-    The target manifest marks each image ``train`` (the few labelled shots), ``val`` or
-    ``test``; the same seed gives the same choice.
+    The source manifest marks each image ``train`` or ``val`` (pretraining's own
+    validation images); the target manifest marks each image ``train`` (the few labelled
+    shots), ``val`` or ``test``. The same seed gives the same choice.
 
     Returns:
         (source manifest, target manifest).
@@ -134,8 +145,10 @@ def write_manifests(
     source_rows, target_rows = [], []
     for digit in SOURCE_DIGITS:
         files = sorted((source_root / str(digit)).glob("*.png"))
-        for path in _sample(files, size.source_per_class, rng):
-            source_rows.append((str(path), str(digit), ""))
+        need = size.source_per_class + size.source_val_per_class
+        splits = ["train"] * size.source_per_class + ["val"] * size.source_val_per_class
+        for path, split in zip(_sample(files, need, rng), splits, strict=False):
+            source_rows.append((str(path), str(digit), split))
     for digit in TARGET_DIGITS:
         files = sorted((target_root / str(digit)).glob("*.png"))
         need = size.shots + size.val_per_class + size.test_per_class
@@ -146,20 +159,16 @@ def write_manifests(
         for path, split in zip(chosen, splits, strict=False):
             target_rows.append((str(path), str(digit), split))
 
-    def write(path: Path, rows: list[tuple[str, str, str]], with_split: bool) -> Path:
+    def write(path: Path, rows: list[tuple[str, str, str]]) -> Path:
         buf = io.StringIO()
         writer = csv.writer(buf)
-        writer.writerow(["path", "label", "split"] if with_split else ["path", "label"])
-        for p, label, split in rows:
-            writer.writerow([p, label, split] if with_split else [p, label])
+        writer.writerow(["path", "label", "split"])
+        writer.writerows(rows)
         atomic_write_text(path, buf.getvalue())
         return path
 
     data_dir = out / "data"
-    return (
-        write(data_dir / "source.csv", source_rows, with_split=False),
-        write(data_dir / "target.csv", target_rows, with_split=True),
-    )
+    return write(data_dir / "source.csv", source_rows), write(data_dir / "target.csv", target_rows)
 
 
 def run_demo(
@@ -219,9 +228,20 @@ def _run_demo(
     source_csv, target_csv = write_manifests(source_root, target_root, out, size, seed)
     artefacts["target manifest"] = target_csv
 
+    policy = resolve_precision(size.precision)
+    # One random start for both: the source task trains it, the scratch baseline
+    # fine-tunes it untrained, so the difference is what pretraining contributed.
+    init = _scratch_init(out, seed, policy)
     _say(progress, f"Pretraining AlexNet on digits 0-4 ({size.source_per_class} per digit)")
-    artefacts["pretrained model"] = _pretrain(source_csv, out, size, seed, train_progress)
-    starts = {"transfer": artefacts["pretrained model"], "scratch": _scratch_init(out, seed)}
+    pre = _pretrain(source_csv, out, size, seed, policy, train_progress)
+    artefacts["pretrained model"] = pre.model_path
+    pretrain = {
+        "precision": policy,
+        "epochs": len(pre.history),
+        "val_accuracy": None if pre.best_value is None else round(float(pre.best_value), 4),
+        "seconds": round(pre.seconds, 1),
+    }
+    starts = {"transfer": pre.model_path, "scratch": init}
 
     rows = []
     for approach, weights in starts.items():
@@ -237,10 +257,10 @@ def _run_demo(
     if keep_checkpoints == 0:
         # Intermediates nobody opens: the untrained init and pretraining's last epoch
         # (its best model stays). ~230 MB each.
-        starts["scratch"].unlink(missing_ok=True)
+        init.unlink(missing_ok=True)
         (out / "pretrain" / "last.keras").unlink(missing_ok=True)
 
-    result = DemoResult(out=out, rows=rows, artefacts=artefacts, quick=quick)
+    result = DemoResult(out=out, rows=rows, artefacts=artefacts, quick=quick, pretrain=pretrain)
     result.seconds = time.perf_counter() - t0
     summary = out / "summary.json"
     result.artefacts["summary"] = summary
@@ -261,42 +281,55 @@ def _empty_folder(out: Path, force: bool) -> Path:
 
 
 def _pretrain(
-    source_csv: Path, out: Path, size: DemoSize, seed: int, train_progress: Callable | None
-) -> Path:
-    """Pretrain on the source digits; returns the model file."""
+    source_csv: Path,
+    out: Path,
+    size: DemoSize,
+    seed: int,
+    policy: str,
+    train_progress: Callable | None,
+) -> Any:
+    """Pretrain on the source digits (validated on their ``val`` rows); returns the run."""
     from alexkit import train
 
-    pre = train.pretrain(
+    return train.pretrain(
         source_csv,
+        val=source_csv,
         variant="original",
         epochs=size.pretrain_epochs,
         batch_size=size.batch_size,
         # The paper's N(0, 0.01) init needs many epochs to leave the plateau; He init
         # lets a 2-core CPU see learning within minutes.
         init="he",
-        # The paper's 0.01 is for batch 128 on ImageNet; on a few hundred digits at
-        # batch 32 it diverges. 2e-4 with He init learns in a couple of epochs.
-        lr=2e-4,
+        lr=size.pretrain_lr,
         schedule="step",
+        precision=policy,
         out=out / "pretrain",
         seed=seed,
         register=False,
         progress=train_progress,
     )
-    return pre.model_path
 
 
-def _scratch_init(out: Path, seed: int) -> Path:
-    """The very initialisation pretraining started from (He, same seed), untrained.
+def _scratch_init(out: Path, seed: int, policy: str) -> Path:
+    """The very initialisation pretraining started from (He, same seed and precision),
+    untrained.
 
     Fine-tuning from it isolates what pretraining on 0-4 contributed.
     """
+    import keras
+
     from alexkit.model import build_alexnet
 
     path = out / "scratch-init.keras"
-    build_alexnet("original", num_classes=len(SOURCE_DIGITS), kernel_init="he", seed=seed).save(
-        path
-    )
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        model = build_alexnet(
+            "original", num_classes=len(SOURCE_DIGITS), dropout=0.5, kernel_init="he", seed=seed
+        )
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    model.save(path)
     return path
 
 

@@ -10,6 +10,12 @@ when the process has ended.
     python benchmarks/run_cost.py                 # fine-tunes + full demo
     python benchmarks/run_cost.py --no-demo       # fine-tunes only (~2 min on 2 cores)
     python benchmarks/run_cost.py --demo-quick    # demo --quick instead of the full demo
+    python benchmarks/run_cost.py --demo-seeds 0 1 2   # one full demo per seed
+
+Each demo row also carries the demo's own results (``alexkit demo --json``): the
+held-out accuracy of transfer and scratch, their difference, and the pretraining run's
+precision, epochs and source validation accuracy. ``cpu_s`` is the child's user +
+system CPU time: on a machine other people load, compare it as well as the wall time.
 """
 
 from __future__ import annotations
@@ -93,22 +99,31 @@ def measure(name: str, argv: list[str], out_dir: Path, env: dict[str, str]) -> d
         "command": " ".join(argv[1:]),
         "exit_code": code,
         "wall_s": round(wall, 1),
+        "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
         "written_mb": round(usage.ru_oublock * 512 / 1e6, 1),
         "run_dir_mb": round(dir_size(out_dir) / 1e6, 1),
         "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),  # Linux: kilobytes
+        "load_average_1m": round(os.getloadavg()[0], 2),  # others' work slows the wall time
     }
     if code != 0:
         row["stderr_tail"] = stderr[-2000:]
     else:
         try:
             result = json.loads(stdout)
+        except (json.JSONDecodeError, TypeError):
+            return row
+        if isinstance(result, dict) and "results" in result:  # alexkit demo --json
+            accuracy = {r["approach"]: r["accuracy"] for r in result["results"]}
+            row["result"] = {"pretrain": result.get("pretrain"), "accuracy": accuracy}
+            if {"transfer", "scratch"} <= set(accuracy):
+                margin = accuracy["transfer"] - accuracy["scratch"]
+                row["result"]["transfer_minus_scratch"] = round(margin, 4)
+        elif isinstance(result, dict):
             row["result"] = {
                 k: result[k]
                 for k in ("best_metric", "best_epoch", "val_accuracy", "metrics")
                 if k in result
             }
-        except (json.JSONDecodeError, TypeError):
-            pass
     return row
 
 
@@ -116,6 +131,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-demo", action="store_true", help="skip the demo")
     parser.add_argument("--demo-quick", action="store_true", help="demo --quick, not the full one")
+    parser.add_argument(
+        "--demo-seeds", type=int, nargs="+", default=[0], help="one demo per seed (default 0)"
+    )
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--steps-per-epoch", type=int, default=8)
     parser.add_argument("--keep", action="store_true", help="keep the run directories")
@@ -145,10 +163,13 @@ def main() -> None:
             out = work / name
             argv = [alexkit, "finetune", *extra, "--out", str(out), *common]
             rows.append(measure(name, argv, out, env))
-        if not args.no_demo:
-            out = work / "demo"
-            argv = [alexkit, "demo", "--out", str(out)] + (["--quick"] if args.demo_quick else [])
-            rows.append(measure("demo_quick" if args.demo_quick else "demo", argv, out, env))
+        for seed in [] if args.no_demo else args.demo_seeds:
+            out = work / f"demo-seed{seed}"
+            argv = [alexkit, "demo", "--out", str(out), "--seed", str(seed), "--json", "--quiet"]
+            argv += ["--quick"] if args.demo_quick else []
+            row = measure("demo_quick" if args.demo_quick else "demo", argv, out, env)
+            rows.append({"seed": seed, **row})
+            shutil.rmtree(out, ignore_errors=True)  # one demo's folder on disk at a time
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -159,6 +180,7 @@ def main() -> None:
                 "cpu": cpu_model(),
                 "cores": os.cpu_count(),
                 "python": platform.python_version(),
+                "load_average_1m_at_end": round(os.getloadavg()[0], 2),
                 "runs": rows,
             },
             indent=2,

@@ -6,19 +6,30 @@ import csv
 import json
 
 import pytest
+from demo_quick_run import quick_demo
 from typer.testing import CliRunner
 
 from alexkit.cli import app
 from alexkit.demo import SIZES, write_manifests
+from alexkit.precision import POLICIES
+
+
+@pytest.fixture(scope="session")
+def quick_run(tmp_path_factory):
+    return quick_demo(tmp_path_factory)
 
 
 @pytest.mark.slow
-def test_demo_quick_end_to_end(tmp_path):
-    out = tmp_path / "demo"
-    result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(out), "--json", "--quiet"])
-    assert result.exit_code == 0, result.stderr[-3000:]
-    summary = json.loads(result.stdout)  # --json: nothing but JSON on stdout
+def test_demo_quick_end_to_end(quick_run):
+    out = quick_run.out
+    assert quick_run.exit_code == 0, quick_run.stderr[-3000:]
+    summary = json.loads(quick_run.stdout)  # --json: nothing but JSON on stdout
     assert summary == json.loads((out / "summary.json").read_text())
+    assert summary["pretrain"]["epochs"] == SIZES["quick"].pretrain_epochs
+    assert summary["pretrain"]["precision"] in POLICIES
+    # The pretrained model computes in the precision the summary names.
+    config = json.loads((out / "pretrain" / "config.json").read_text())
+    assert config["resolved"]["precision"] == summary["pretrain"]["precision"]
     approaches = {row["approach"]: row for row in summary["results"]}
     assert set(approaches) == {"transfer", "scratch"}
     size = SIZES["quick"]
@@ -54,7 +65,7 @@ def test_demo_manifests_are_disjoint_and_seeded(tmp_path):
     source = materialize_digits(digits=range(5))
     target = materialize_digits(digits=range(5, 10))
     size = SIZES["full"]
-    _, first = write_manifests(source, target, tmp_path / "a", size, seed=3)
+    source_csv, first = write_manifests(source, target, tmp_path / "a", size, seed=3)
     _, again = write_manifests(source, target, tmp_path / "b", size, seed=3)
     assert first.read_text() == again.read_text()
     with open(first, newline="") as fh:
@@ -65,3 +76,13 @@ def test_demo_manifests_are_disjoint_and_seeded(tmp_path):
     assert len(by_split["train"]) == size.shots * 5
     assert len(by_split["test"]) == size.test_per_class * 5
     assert not (by_split["train"] & by_split["test"]) and not (by_split["val"] & by_split["test"])
+    # Pretraining validates on its own held-back source images, not on what it trains on.
+    with open(source_csv, newline="") as fh:
+        source_rows = list(csv.DictReader(fh))
+    source: dict[str, set[str]] = {}
+    for row in source_rows:
+        source.setdefault(row["split"], set()).add(row["path"])
+    assert len(source["train"]) == size.source_per_class * 5
+    assert len(source["val"]) == size.source_val_per_class * 5
+    assert not source["train"] & source["val"]
+    assert {row["label"] for row in source_rows} == {"0", "1", "2", "3", "4"}

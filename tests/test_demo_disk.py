@@ -5,15 +5,20 @@ from __future__ import annotations
 import json
 
 import pytest
+from demo_quick_run import quick_demo
+
+
+@pytest.fixture(scope="session")
+def quick_run(tmp_path_factory):
+    return quick_demo(tmp_path_factory)  # the same run as test_demo.py's
 
 
 @pytest.mark.slow
-def test_quick_demo_leaves_models_reports_and_features_only(tmp_path):
-    from alexkit.demo import run_demo
-
-    out = tmp_path / "demo"
-    result = run_demo(out, quick=True)
-    assert {row["approach"] for row in result.rows} == {"transfer", "scratch"}
+def test_quick_demo_leaves_models_reports_and_features_only(quick_run):
+    out = quick_run.out
+    assert quick_run.exit_code == 0, quick_run.stderr[-3000:]
+    result = json.loads(quick_run.stdout)
+    assert {row["approach"] for row in result["results"]} == {"transfer", "scratch"}
     assert not list(out.rglob("checkpoints"))  # keep_checkpoints=0: none written or left
     assert not (out / "scratch-init.keras").exists()
     assert not (out / "pretrain" / "last.keras").exists()
