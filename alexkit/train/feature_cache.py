@@ -207,7 +207,6 @@ class TrainFeatureCache:
         self.suffix = keras.Model(inputs, h, name=f"{model.name}_above_{self.cut_name}")
         self.feature_shape = tuple(int(d) for d in layers[cut - 1].output.shape[1:])
         self._stored: dict[int, _View] = {}
-        self.prefix_passes = 0  # make_train streams run through the prefix (tests read it)
 
     def compile_like(self, model: Any, jit: bool | None) -> None:
         """Compile the suffix with the model's own optimizer (same variables, same slots)."""
@@ -274,7 +273,6 @@ class TrainFeatureCache:
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Run the prefix on a pipeline's batches; keep them as view ``keep``; yield the
         features of steps ``start`` to ``steps - 1``."""
-        self.prefix_passes += 1
         writer = _ViewWriter(self, keep) if keep is not None else None
         for step, (x, y) in enumerate(stream):
             features = np.asarray(self.prefix.predict_on_batch(x), dtype=np.float32)
