@@ -216,6 +216,12 @@ def register(app: typer.Typer) -> None:
             "ALEXKIT_FEATURE_CACHE_MEMORY (default 1G) the views stream from the run dir, "
             "or the stage runs uncached when the disk is short.",
         ),
+        precision: str | None = typer.Option(
+            None,
+            "--precision",
+            help="float32 (default) | mixed_bfloat16 | mixed_float16 | auto (bfloat16 where "
+            "the CPU/GPU has it natively).",
+        ),
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
         force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON only."),
@@ -251,6 +257,7 @@ def register(app: typer.Typer) -> None:
                 steps_per_epoch=steps_per_epoch,
                 checkpoint_every=checkpoint_every,
                 feature_cache_views=feature_cache_views,
+                precision=precision,
             )
         _summary(result, as_json, started)
 

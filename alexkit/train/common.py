@@ -175,6 +175,31 @@ def check_resume_config(run: RunDir, config: dict[str, Any]) -> dict[str, Any]:
     return saved
 
 
+def choose_run_precision(args: dict[str, Any], progress: ProgressFn | None) -> None:
+    """``args["precision"]`` (``auto``, ``bf16`` …) becomes the policy chosen on this
+    machine; that is what ``config.json`` keeps, so a resume elsewhere does not choose again."""
+    if args.get("precision") is None:
+        return
+    from alexkit.precision import choose_precision
+
+    choice = choose_precision(args["precision"])
+    args["precision"] = choice.policy
+    emit(progress, "precision", **choice.as_dict())
+
+
+@contextlib.contextmanager
+def dtype_policy(policy: str) -> Iterator[None]:
+    """Keras' global dtype policy set to ``policy`` inside, restored after."""
+    import keras
+
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
 def merge_saved_args(run_path: Path, resume: bool, args: dict[str, Any]) -> dict[str, Any]:
     """On resume, options not given again come from the run's saved arguments."""
     if not resume:

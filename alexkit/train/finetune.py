@@ -17,7 +17,9 @@ from alexkit.train.common import (
     ProgressFn,
     RunResult,
     check_resume_config,
+    choose_run_precision,
     data_fingerprint,
+    dtype_policy,
     emit,
     fingerprint,
     merge_saved_args,
@@ -65,6 +67,7 @@ def finetune(
     checkpoint_every: int | None = None,
     jit: bool | None = False,
     feature_cache_views: int | None = None,
+    precision: str | None = None,
 ) -> RunResult:
     """Fine-tune AlexNet on a folder of images following a recipe.
 
@@ -102,6 +105,10 @@ def finetune(
             (:mod:`alexkit.train.feature_cache`); 0 runs every epoch uncached. None:
             the run's saved choice on resume, else
             :data:`~alexkit.train.feature_cache.DEFAULT_VIEWS`.
+        precision: ``"float32"`` (default), ``"mixed_bfloat16"``, ``"mixed_float16"``
+            (``fp32``/``bf16``/``fp16`` too), or ``"auto"``: bfloat16 where the CPU has AMX
+            or AVX512-BF16 or every GPU has compute capability >= 8.0, else float32. The
+            policy chosen is what ``config.json`` keeps (a resume does not choose again).
 
     Returns:
         A :class:`RunResult`.
@@ -117,9 +124,10 @@ def finetune(
         recipe=_recipe_arg(recipe), data=_absolute(data), val=_absolute(val), weights=weights,
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, steps_per_epoch=steps_per_epoch,
         positive_class=positive_class, target_sensitivity=target_sensitivity,
-        feature_cache_views=feature_cache_views,
+        feature_cache_views=feature_cache_views, precision=precision,
     )  # fmt: skip
     args = merge_saved_args(out_path, resume, given)
+    choose_run_precision(args, progress)
     # On resume, --recipe/--data/--val may be left out: the run's own are used.
     if recipe is None or isinstance(recipe, (str, Path)):
         recipe = args["recipe"]
@@ -182,9 +190,11 @@ def _finetune_run(
         run.write_config(config)
         _record_data_hashes(run, train_spec, val_spec)
     # On resume every variable comes from the checkpoint: build the architecture only.
+    policy = args.get("precision") or "float32"
     build_model = functools.partial(
-        _finetune_model, weights, variant, len(class_names), rec, seed, load_weights=not resume
-    )
+        _finetune_model, weights, variant, len(class_names), rec, seed,
+        load_weights=not resume, precision=policy,
+    )  # fmt: skip
     make_train, make_val, make_eval = make_dataset_fns(plan, seed)
     engine = Engine(
         run=run, build_model=build_model, stages=stages, data=plan, make_train=make_train,
@@ -193,12 +203,13 @@ def _finetune_run(
         jit=jit, progress=progress, resume=resume,
         feature_cache_views=args.get("feature_cache_views"),
     )  # fmt: skip
-    state = engine.run_all()
-    # End of run: the best model evaluated on the validation data (metrics.json).
-    metrics = final_metrics(
-        run, engine, state, make_eval=make_eval, calibrate=True,
-        target_sensitivity=args.get("target_sensitivity"),
-    )  # fmt: skip
+    with dtype_policy(policy):  # layers the engine builds (heads, prefixes) follow it too
+        state = engine.run_all()
+        # End of run: the best model evaluated on the validation data (metrics.json).
+        metrics = final_metrics(
+            run, engine, state, make_eval=make_eval, calibrate=True,
+            target_sensitivity=args.get("target_sensitivity"),
+        )  # fmt: skip
     emit(progress, "done", run_dir=str(run.path))
     return run_result(run, engine, state, resumed=resume, t0=t0, metrics=metrics)
 
@@ -361,7 +372,14 @@ def _weights_variant(weights: str, variant: str) -> str:
 
 
 def _finetune_model(
-    weights: str, variant: str, num_classes: int, rec: Recipe, seed: int, *, load_weights: bool
+    weights: str,
+    variant: str,
+    num_classes: int,
+    rec: Recipe,
+    seed: int,
+    *,
+    load_weights: bool,
+    precision: str = "float32",
 ) -> Any:
     """The model to fine-tune: pretrained body + new head sized for the data's classes.
 
@@ -369,11 +387,16 @@ def _finetune_model(
         weights: ``"none"`` (random init, the plain network) or a ``--weights`` spec.
         load_weights: False builds the pretrained model's architecture without reading
             the weights (a resumed run restores every variable from its checkpoint).
+        precision: the dtype policy to compute in; a ``.keras`` file keeps the policy it
+            was saved with, so the model is rebuilt under this one
+            (:func:`alexkit.loading.model_with_precision`; the head stays float32).
     """
+    from alexkit.loading import model_with_precision
     from alexkit.model import build_alexnet, replace_head
 
     if weights == "none":
-        return build_alexnet(variant, num_classes=num_classes, seed=seed)
+        with dtype_policy(precision):
+            return build_alexnet(variant, num_classes=num_classes, seed=seed)
     if load_weights:
         from alexkit.weights import load_weights_model
 
@@ -381,6 +404,8 @@ def _finetune_model(
     else:
         base = build_alexnet(variant, num_classes=1000, seed=seed)
     head = rec.head
-    return replace_head(
-        base, num_classes, dropout=head.dropout, hidden_units=head.hidden_units, seed=seed
-    )
+    base = model_with_precision(base, precision)
+    with dtype_policy(precision):  # the new head_hidden layer computes like the body
+        return replace_head(
+            base, num_classes, dropout=head.dropout, hidden_units=head.hidden_units, seed=seed
+        )
