@@ -273,7 +273,7 @@ def register(app: typer.Typer) -> None:
         ),
         val: Path | None = typer.Option(None, "--val", help="Validation images."),
         variant: str | None = typer.Option(
-            None, "--variant", help="original (default) | torchvision."
+            None, "--variant", help="original (default) | torchvision | tiny (smoke tests)."
         ),
         epochs: int | None = typer.Option(None, "--epochs", help="Epochs (default 90)."),
         batch_size: int | None = typer.Option(

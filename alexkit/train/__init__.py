@@ -9,7 +9,9 @@ directory layout.
 
 Modules: ``engine`` (the epoch loop), ``policies`` (best model, early stopping, LR
 schedule, checkpoints, history/TensorBoard), ``plan`` (recipe -> stages and data),
-``finetune``, ``pretrain`` and ``common`` (result, seeding, fingerprints).
+``feature_cache`` (a frozen prefix's outputs on K augmented views per training image),
+``results`` (metrics.json, RunResult), ``finetune``, ``pretrain`` and ``common`` (seeding,
+fingerprints, precision).
 """
 
 from alexkit.train.common import RunResult, data_fingerprint
