@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
         Pretrains AlexNet on digits 0-4, fine-tunes on a few labelled digits 5-9 twice
         (from those weights and from scratch), evaluates both, extracts fc7 features.
 
-        Example: [bold]alexkit demo --out alexkit-demo[/]   (≈5–9 min on 2 cores; --quick ≈1 min)
+        Example: [bold]alexkit demo --out alexkit-demo[/]   (≈3 min on 2 idle cores; --quick ≈1 min)
         """
         from alexkit.commands.train import LiveView
         from alexkit.demo import run_demo
