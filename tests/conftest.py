@@ -39,6 +39,10 @@ def release_models_between_modules():
 def alexkit_home(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.mktemp("alexkit_home")
     monkeypatch.setenv("ALEXKIT_HOME", str(home))
+    # The commands default to --precision auto (bfloat16 on AMX/AVX512-BF16 CPUs): tests
+    # compare against float32 oracles on every machine, and the precision tests ask for
+    # bfloat16 or auto explicitly (or unset this to test the default).
+    monkeypatch.setenv("ALEXKIT_PRECISION", "float32")
     return home
 
 

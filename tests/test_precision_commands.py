@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 
 from alexkit import precision
 from alexkit.cli import app
-from alexkit.precision import DEFAULT_INFERENCE_PRECISION, parse_cpuinfo
+from alexkit.errors import UsageError
+from alexkit.precision import DEFAULT_PRECISION, default_precision, parse_cpuinfo
 
 CLASSES = ["a", "b", "c", "d", "e"]
 EPYC = "model name\t: AMD EPYC 9B14\nflags\t\t: avx512_bf16\n"
@@ -50,8 +51,15 @@ def said(result) -> list[str]:
     return [line for line in result.stderr.splitlines() if line.startswith("precision ")]
 
 
-def test_default_is_the_one_constant():
-    assert DEFAULT_INFERENCE_PRECISION == "float32"  # until the parity numbers say otherwise
+def test_default_is_auto_unless_the_environment_says_otherwise(monkeypatch):
+    assert DEFAULT_PRECISION == "auto"  # parity measured: benchmarks/bf16_parity.py
+    monkeypatch.delenv("ALEXKIT_PRECISION", raising=False)
+    assert default_precision() == "auto"
+    monkeypatch.setenv("ALEXKIT_PRECISION", "bf16")
+    assert default_precision() == "bf16"
+    monkeypatch.setenv("ALEXKIT_PRECISION", "int8")
+    with pytest.raises(UsageError, match="ALEXKIT_PRECISION='int8' is not a precision"):
+        default_precision()
 
 
 def test_predict_bf16_is_close_to_float32_and_says_so(run_and_data, runner):
@@ -162,10 +170,8 @@ def test_auto_follows_the_machine_and_says_why(run_and_data, runner, monkeypatch
     assert chosen["requested"] == "auto" and chosen["policy"] == policy
 
 
-def test_an_auto_default_is_a_one_line_change_and_is_said(run_and_data, runner, monkeypatch):
-    import alexkit.commands.evaluate as commands
-
-    monkeypatch.setattr(commands, "DEFAULT_INFERENCE_PRECISION", "auto")
+def test_the_auto_default_is_said(run_and_data, runner, monkeypatch):
+    monkeypatch.delenv("ALEXKIT_PRECISION")  # the suite pins float32 (conftest)
     monkeypatch.setattr(precision, "read_cpu_info", lambda: parse_cpuinfo(EPYC))
     monkeypatch.setattr(precision, "gpu_compute_capabilities", lambda: [])
     run, data = run_and_data

@@ -10,12 +10,13 @@ from typing import Any
 import typer
 
 from alexkit.commands._common import err_console, guarded, out_console, print_json
-from alexkit.precision import DEFAULT_INFERENCE_PRECISION
+from alexkit.precision import DEFAULT_PRECISION, PRECISION_ENV
 
 LAYER_HELP = "Layer to read: fc7, fc6, pool5, conv5 or any layer name."
 PRECISION_HELP = (
     f"float32 | mixed_bfloat16 | auto (bfloat16 where the CPU has AMX or AVX512-BF16 or the "
-    f"GPU has compute capability >= 8.0, else float32). Default {DEFAULT_INFERENCE_PRECISION}."
+    f"GPU has compute capability >= 8.0, else float32). Default: ${PRECISION_ENV} if set, "
+    f"else {DEFAULT_PRECISION}."
 )
 
 
@@ -37,9 +38,9 @@ def choose_and_show_precision(requested: str | None, model: Any = None) -> Any:
     """
     import dataclasses
 
-    from alexkit.precision import choose_precision
+    from alexkit.precision import choose_precision, default_precision
 
-    name = DEFAULT_INFERENCE_PRECISION if requested is None else requested
+    name = default_precision() if requested is None else requested
     choice = choose_precision(name)
     if requested is None and choice.reason == "asked for":
         choice = dataclasses.replace(choice, reason="default")

@@ -156,6 +156,16 @@ def _summary(result: Any, as_json: bool, started: float) -> None:
     out_console().print(table)
 
 
+def _run_precision(precision: str | None, resume: bool) -> str | None:
+    """``--precision``, else ``$ALEXKIT_PRECISION`` or ``auto`` for a new run; a resumed run
+    keeps the precision saved in its config (None)."""
+    if precision is not None or resume:
+        return precision
+    from alexkit.precision import default_precision
+
+    return default_precision()
+
+
 def register(app: typer.Typer) -> None:
     """Add ``finetune`` and ``pretrain`` to the root app."""
 
@@ -219,8 +229,9 @@ def register(app: typer.Typer) -> None:
         precision: str | None = typer.Option(
             None,
             "--precision",
-            help="float32 (default) | mixed_bfloat16 | mixed_float16 | auto (bfloat16 where "
-            "the CPU/GPU has it natively).",
+            help="auto (default: bfloat16 where the CPU/GPU has it natively, else float32; "
+            "$ALEXKIT_PRECISION overrides) | float32 | mixed_bfloat16 | mixed_float16. "
+            "A --resume keeps the run's own.",
         ),
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
         force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out."),
@@ -257,7 +268,7 @@ def register(app: typer.Typer) -> None:
                 steps_per_epoch=steps_per_epoch,
                 checkpoint_every=checkpoint_every,
                 feature_cache_views=feature_cache_views,
-                precision=precision,
+                precision=_run_precision(precision, resume),
             )
         _summary(result, as_json, started)
 
@@ -292,8 +303,9 @@ def register(app: typer.Typer) -> None:
         precision: str | None = typer.Option(
             None,
             "--precision",
-            help="float32 (default) | mixed_bfloat16 | mixed_float16 | auto (bfloat16 where "
-            "the CPU/GPU has it natively).",
+            help="auto (default: bfloat16 where the CPU/GPU has it natively, else float32; "
+            "$ALEXKIT_PRECISION overrides) | float32 | mixed_bfloat16 | mixed_float16. "
+            "A --resume keeps the run's own.",
         ),
         jit: bool | None = typer.Option(
             None, "--jit/--no-jit", help="XLA-compile the train step (default: Keras auto)."
@@ -349,7 +361,7 @@ def register(app: typer.Typer) -> None:
                 schedule=schedule,
                 out=out,
                 resume=resume,
-                precision=precision,
+                precision=_run_precision(precision, resume),
                 jit=jit,
                 distribute=distribute,
                 steps_per_epoch=steps_per_epoch,

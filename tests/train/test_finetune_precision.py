@@ -52,3 +52,14 @@ def test_finetune_refuses_an_unknown_precision_before_writing(tmp_path, tiny_set
     with pytest.raises(UsageError, match="unknown precision 'int8'"):
         finetune(rec, data, weights="tiny-base", out=tmp_path / "run", precision="int8")
     assert not (tmp_path / "run").exists()
+
+
+def test_the_commands_default_is_auto_for_a_new_run_and_the_saved_one_on_resume(monkeypatch):
+    from alexkit.commands.train import _run_precision
+
+    monkeypatch.delenv("ALEXKIT_PRECISION")  # conftest pins float32 for the suite
+    assert _run_precision(None, resume=False) == "auto"
+    assert _run_precision(None, resume=True) is None  # the run's config.json decides
+    assert _run_precision("fp32", resume=True) == "fp32"
+    monkeypatch.setenv("ALEXKIT_PRECISION", "float32")
+    assert _run_precision(None, resume=False) == "float32"
