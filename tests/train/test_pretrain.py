@@ -119,6 +119,7 @@ def test_pretrain_precision_auto_is_chosen_once_and_saved(
 
     from alexkit import precision
     from alexkit.train import pretrain
+    from alexkit.train.common import keep_checkpoints
     from alexkit.variants import variant_of_config
 
     cpu = precision.CpuInfo("Test CPU", frozenset(flags.split()))
@@ -127,7 +128,9 @@ def test_pretrain_precision_auto_is_chosen_once_and_saved(
     events = []
     settings = dict(SETTINGS, epochs=1, steps_per_epoch=1, precision="auto", register=False)
     settings["variant"] = variant
-    pretrain(imagenet_like, out=tmp_path / "run", progress=events.append, **settings)
+    # No checkpoints: the full-size run would otherwise write ~0.7 GB of them to temp.
+    with keep_checkpoints(0):
+        pretrain(imagenet_like, out=tmp_path / "run", progress=events.append, **settings)
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["args"]["precision"] == expected  # a resume elsewhere keeps this one
     chosen = [e for e in events if e["event"] == "precision"]
