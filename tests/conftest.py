@@ -43,7 +43,11 @@ def alexkit_home(tmp_path_factory, monkeypatch):
     # compare against float32 oracles on every machine, and the precision tests ask for
     # bfloat16 or auto explicitly (or unset this to test the default).
     monkeypatch.setenv("ALEXKIT_PRECISION", "float32")
-    return home
+    yield home
+    # Weights a test registered (~230 MB per AlexNet) go with it, not at the session's end.
+    import shutil
+
+    shutil.rmtree(home, ignore_errors=True)
 
 
 def write_class_images(root, classes, per_class, size=(48, 40), fmt="PNG", seed=0):
