@@ -32,7 +32,8 @@ def test_readme_opens_with_two_newcomer_commands():
     assert len(first_two) == 2 and all(len(b.strip().splitlines()) == 1 for b in first_two)
     setup_demo, setup_tests = (b.strip() for b in first_two)
     assert setup_demo.endswith("alexkit demo") and "pip install" in setup_demo
-    assert setup_tests.endswith("pytest") and "pip install" in setup_tests
+    assert "pip install" in setup_tests
+    assert setup_tests.split("&&")[-1].split()[0] == ".venv/bin/pytest"  # runs the tests
     # No other code block comes before them.
     assert README.index("```") == README.index("```bash\n" + first_two[0])
 
