@@ -182,3 +182,20 @@ def test_an_unwritable_output_is_one_line(tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines and lines[-1].startswith("error:"), result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_tensorflow_retracing_hints_are_dropped_and_its_other_warnings_kept(caplog):
+    import logging
+
+    from alexkit.commands._common import setup_logging
+
+    tf_log = logging.getLogger("tensorflow")
+    before = list(tf_log.filters)
+    try:
+        setup_logging(verbose=False)
+        with caplog.at_level(logging.WARNING, logger="tensorflow"):
+            tf_log.warning("5 out of the last 19 calls to <f> triggered tf.function retracing.")
+            tf_log.warning("a real TensorFlow warning")
+        assert [r.getMessage() for r in caplog.records] == ["a real TensorFlow warning"]
+    finally:
+        tf_log.filters[:] = before

@@ -134,3 +134,11 @@ def setup_logging(verbose: bool = False) -> None:
     )
     # TensorFlow's C++ chatter is noise for our users.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # So is its "N out of the last M calls ... triggered tf.function retracing" hint: a
+    # last batch of another size retraces once; nothing a user can act on (--verbose shows it).
+    if not verbose:
+        logging.getLogger("tensorflow").addFilter(_drop_retracing_hint)
+
+
+def _drop_retracing_hint(record: logging.LogRecord) -> bool:
+    return "triggered tf.function retracing" not in record.getMessage()
