@@ -156,6 +156,13 @@ def _summary(result: Any, as_json: bool, started: float) -> None:
     out_console().print(table)
 
 
+RUN_PRECISION_HELP = (
+    "auto (default: bfloat16 where the CPU/GPU has it natively, else float32; "
+    "$ALEXKIT_PRECISION overrides) | float32 | mixed_bfloat16 | mixed_float16. "
+    "A --resume keeps the run's own."
+)
+
+
 def _run_precision(precision: str | None, resume: bool) -> str | None:
     """``--precision``, else ``$ALEXKIT_PRECISION`` or ``auto`` for a new run; a resumed run
     keeps the precision saved in its config (None)."""
@@ -226,13 +233,7 @@ def register(app: typer.Typer) -> None:
             "ALEXKIT_FEATURE_CACHE_MEMORY (default 1G) the views stream from the run dir, "
             "or the stage runs uncached when the disk is short.",
         ),
-        precision: str | None = typer.Option(
-            None,
-            "--precision",
-            help="auto (default: bfloat16 where the CPU/GPU has it natively, else float32; "
-            "$ALEXKIT_PRECISION overrides) | float32 | mixed_bfloat16 | mixed_float16. "
-            "A --resume keeps the run's own.",
-        ),
+        precision: str | None = typer.Option(None, "--precision", help=RUN_PRECISION_HELP),
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
         force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON only."),
@@ -300,13 +301,7 @@ def register(app: typer.Typer) -> None:
         out: Path | None = typer.Option(None, "--out", "-o", help="Run directory."),
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
         force: bool = typer.Option(False, "--force", help="Overwrite --out / the store entry."),
-        precision: str | None = typer.Option(
-            None,
-            "--precision",
-            help="auto (default: bfloat16 where the CPU/GPU has it natively, else float32; "
-            "$ALEXKIT_PRECISION overrides) | float32 | mixed_bfloat16 | mixed_float16. "
-            "A --resume keeps the run's own.",
-        ),
+        precision: str | None = typer.Option(None, "--precision", help=RUN_PRECISION_HELP),
         jit: bool | None = typer.Option(
             None, "--jit/--no-jit", help="XLA-compile the train step (default: Keras auto)."
         ),
