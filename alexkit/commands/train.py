@@ -156,6 +156,10 @@ def _summary(result: Any, as_json: bool, started: float) -> None:
     out_console().print(table)
 
 
+KEEP_CHECKPOINTS_HELP = (
+    "Checkpoints kept, newest first (default 2); 0 writes none (Ctrl-C still saves one) "
+    "and leaves none at the end."
+)
 RUN_PRECISION_HELP = (
     "auto (default: bfloat16 where the CPU/GPU has it natively, else float32; "
     "$ALEXKIT_PRECISION overrides) | float32 | mixed_bfloat16 | mixed_float16. "
@@ -217,11 +221,7 @@ def register(app: typer.Typer) -> None:
             None, "--checkpoint-every", help="Also checkpoint every N steps."
         ),
         keep_checkpoints: int | None = typer.Option(
-            None,
-            "--keep-checkpoints",
-            min=0,
-            help="Checkpoints kept, newest first (default 2); 0 writes none (Ctrl-C still "
-            "saves one) and leaves none at the end.",
+            None, "--keep-checkpoints", min=0, help=KEEP_CHECKPOINTS_HELP
         ),
         feature_cache_views: int | None = typer.Option(
             None,
@@ -315,11 +315,7 @@ def register(app: typer.Typer) -> None:
             None, "--checkpoint-every", help="Checkpoint every N steps (default 1000)."
         ),
         keep_checkpoints: int | None = typer.Option(
-            None,
-            "--keep-checkpoints",
-            min=0,
-            help="Checkpoints kept, newest first (default 2); 0 writes none (Ctrl-C still "
-            "saves one) and leaves none at the end.",
+            None, "--keep-checkpoints", min=0, help=KEEP_CHECKPOINTS_HELP
         ),
         name: str | None = typer.Option(
             None, "--name", help="Weights-store entry name for the final model."

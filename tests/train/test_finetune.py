@@ -64,21 +64,6 @@ lr = 0.0001
 
 
 @pytest.fixture(scope="module")
-def features_file(tmp_path_factory):
-    """A 10-class tiny AlexNet with He-initialised weights, saved as a .keras file.
-
-    Its drop6/drop7 are off: the frozen body's dropout still fires while the head trains,
-    and on fc6's 128 units (AlexNet: 4096) it makes fc7 too noisy for a head to learn the
-    colour classes in a few steps (measured: 0.67 held-out accuracy with 0.5, 1.0 with 0).
-    """
-    from alexkit.model import build_alexnet
-
-    path = tmp_path_factory.mktemp("weights") / "features.keras"
-    build_alexnet("tiny", num_classes=10, kernel_init="he", seed=0, dropout=0.0).save(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def bigger_folder(tmp_path_factory):
     """3 classes x 30 images: a held-out split of 18 images, so accuracy is not too coarse."""
     from conftest import write_class_images
