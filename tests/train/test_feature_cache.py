@@ -13,6 +13,7 @@ import logging
 import numpy as np
 import pytest
 import typer
+from small_engine import prepared_engine
 from typer.testing import CliRunner
 
 from alexkit.errors import Interrupted, UsageError
@@ -35,9 +36,6 @@ def _engine(
     import keras
     import tensorflow as tf
 
-    from alexkit.runs import RunDir
-    from alexkit.train.common import seed_everything
-    from alexkit.train.engine import Engine
     from alexkit.train.plan import DataPlan
 
     x, y = _data()
@@ -64,16 +62,10 @@ def _engine(
         return keras.Model(inputs, outputs)
 
     plan = DataPlan(None, None, ["a", "b", "c"], 0, BATCH, None, num_train=N)
-    seed_everything(0)
-    run = RunDir.prepare(tmp_path / out, resume=resume, force=False)
-    if not resume:
-        run.write_config({})
-    return Engine(
-        run=run, build_model=build_model, stages=stages, data=plan, make_train=make_train,
-        make_val=make_val, monitor="val_accuracy", metrics=["loss", "accuracy"],
-        class_weight=None, seed=0, steps_per_epoch=None, checkpoint_every=1, jit=False,
-        progress=progress, resume=resume, feature_cache_views=views,
-        feature_cache_memory=memory,
+    return prepared_engine(
+        tmp_path, out, resume=resume, progress=progress, build_model=build_model,
+        stages=stages, data=plan, make_train=make_train, make_val=make_val,
+        feature_cache_views=views, feature_cache_memory=memory,
     )  # fmt: skip
 
 

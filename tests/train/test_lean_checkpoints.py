@@ -10,6 +10,7 @@ import json
 
 import numpy as np
 import pytest
+from small_engine import prepared_engine
 
 from alexkit.errors import CheckpointError, Interrupted
 
@@ -20,9 +21,6 @@ def _engine(tmp_path, out, stages, *, resume=False, progress=None, keep=2, build
     import keras
     import tensorflow as tf
 
-    from alexkit.runs import RunDir
-    from alexkit.train.common import seed_everything
-    from alexkit.train.engine import Engine
     from alexkit.train.plan import DataPlan
 
     rng = np.random.default_rng(0)
@@ -48,15 +46,10 @@ def _engine(tmp_path, out, stages, *, resume=False, progress=None, keep=2, build
         return keras.Model(inputs, outputs)
 
     plan = DataPlan(None, None, ["a", "b", "c"], 0, 8, None, num_train=32)
-    seed_everything(0)
-    run = RunDir.prepare(tmp_path / out, resume=resume, force=False)
-    if not resume:
-        run.write_config({})
-    return Engine(
-        run=run, build_model=build_model, stages=stages, data=plan, make_train=make_train,
-        make_val=make_val, monitor="val_accuracy", metrics=["loss", "accuracy"],
-        class_weight=None, seed=0, steps_per_epoch=None, checkpoint_every=1, jit=False,
-        progress=progress, resume=resume, keep_checkpoints=keep, start_weights_on_resume=start,
+    return prepared_engine(
+        tmp_path, out, resume=resume, progress=progress, build_model=build_model,
+        stages=stages, data=plan, make_train=make_train, make_val=make_val,
+        keep_checkpoints=keep, start_weights_on_resume=start,
     )  # fmt: skip
 
 
