@@ -17,12 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from alexkit.precision import read_cpu_info  # TensorFlow-free
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -39,16 +40,6 @@ def _images(root: Path, n: int, classes: int, seed: int = 0) -> None:
         Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(folder / f"{i:05d}.jpg")
 
 
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, default=1000)
@@ -61,7 +52,12 @@ def main() -> None:
     from alexkit.model import build_alexnet
     from alexkit.report import write_report
 
-    out: dict = {"n": args.n, "classes": args.classes, "n_boot": args.n_boot, "cpu": _cpu()}
+    out: dict = {
+        "n": args.n,
+        "classes": args.classes,
+        "n_boot": args.n_boot,
+        "cpu": read_cpu_info().model_name,
+    }
     out["cpus"] = os.cpu_count()
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"

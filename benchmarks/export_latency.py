@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -33,6 +32,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from alexkit.precision import read_cpu_info  # TensorFlow-free
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -44,16 +45,6 @@ EXPORTS = (
     ("tflite", "float16"),
     ("tflite", "dynamic-int8"),
 )
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def time_calls(fn, x: np.ndarray, runs: int, warmup: int) -> list[float]:
@@ -188,7 +179,7 @@ def main() -> None:
     from alexkit.export import _versions
 
     report = {
-        "cpu": cpu_name(),
+        "cpu": read_cpu_info().model_name,
         "cores": os.cpu_count(),
         "threads": args.threads,
         "load_average_start": [round(v, 2) for v in os.getloadavg()],

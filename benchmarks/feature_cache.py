@@ -19,24 +19,15 @@ import argparse
 import csv
 import io
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import numpy as np
 
+from alexkit.precision import read_cpu_info  # TensorFlow-free
+
 SOURCE, TARGET = range(0, 5), range(5, 10)
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _manifests(out: Path, args: argparse.Namespace) -> tuple[Path, Path]:
@@ -155,7 +146,7 @@ def main() -> None:
     print(
         json.dumps(
             {
-                "cpu": _cpu(),
+                "cpu": read_cpu_info().model_name,
                 "pretrain_seconds": round(pretrain_seconds, 1),
                 "runs": runs,
                 "by_views": summary,

@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from alexkit.precision import read_cpu_info  # TensorFlow-free
+
 # A fixed small fine-tune on the built-in digits: the digits-fewshot recipe's settings,
 # with a bounded number of steps so the run costs the same on every machine.
 FROM_CONV4_RECIPE = """
@@ -59,17 +61,6 @@ trainable_from = "conv4"
 optimizer = "sgd"
 lr = 0.001
 """
-
-
-def cpu_model() -> str:
-    """The CPU's model name (speeds differ between CPUs: always name it)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def dir_size(path: Path) -> int:
@@ -177,7 +168,7 @@ def main() -> None:
         json.dumps(
             {
                 "benchmark": "run_cost",
-                "cpu": cpu_model(),
+                "cpu": read_cpu_info().model_name,
                 "cores": os.cpu_count(),
                 "python": platform.python_version(),
                 "load_average_1m_at_end": round(os.getloadavg()[0], 2),
