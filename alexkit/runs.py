@@ -36,13 +36,14 @@ everything) holds every variable.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import logging
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -264,15 +265,16 @@ class CheckpointManager:
             The checkpoint folder.
         """
         name = f"ckpt-{int(state['global_step']):09d}"
-        final = self.directory / name
-        tmp = self.directory / f".tmp-{name}-{os.getpid()}"
         payload = json.dumps(state, default=_json_default)
-        needed = sum(np.asarray(a).nbytes for a in [*model_arrays, *optimizer_arrays])
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            tmp.mkdir()
+
+        def needed() -> int:
+            arrays = [*model_arrays, *optimizer_arrays]
+            return sum(np.asarray(a).nbytes for a in arrays) + len(payload)
+
+        # The same step saved again (e.g. Ctrl-C right after a save) replaces the folder;
+        # a failed write leaves no half checkpoint and the newest complete one stays listed.
+        final = self.directory / name
+        with self._staged_folder(final, needed) as tmp:
             _save_arrays(tmp / "model.npz", model_arrays)
             _save_arrays(tmp / "optimizer.npz", optimizer_arrays)
             if layout is not None:
@@ -281,19 +283,6 @@ class CheckpointManager:
                 fh.write(payload)
                 fh.flush()
                 os.fsync(fh.fileno())
-            if final.exists():  # the same step saved again (e.g. Ctrl-C right after a save)
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        except BaseException as exc:
-            # A failed (or interrupted) write leaves no half checkpoint; the newest complete
-            # one stays listed.
-            shutil.rmtree(tmp, ignore_errors=True)
-            if not isinstance(exc, Exception):
-                raise
-            code = write_errno(exc)
-            if code is None:
-                raise
-            raise self._write_failure(final, code, needed + len(payload)) from exc
         names = [n for n in self._index() if n != name] + [name]
         names = sorted(set(names), key=_step_of)
         keep, drop = names[-self.keep :], names[: -self.keep]
@@ -303,7 +292,7 @@ class CheckpointManager:
         self._drop_unreferenced(keep)
         # Temporary folders of killed processes are never complete: remove them.
         for child in self.directory.iterdir():
-            if child.name.startswith(".tmp-ckpt-") and child != tmp:
+            if child.name.startswith(".tmp-ckpt-"):  # ours was renamed to `final` above
                 shutil.rmtree(child, ignore_errors=True)
             elif child.name.startswith(f".tmp-{FROZEN_PREFIX}"):
                 child.unlink(missing_ok=True)
@@ -366,20 +355,30 @@ class CheckpointManager:
         pruning), or copies where the filesystem has no hard links.
         """
         final = self.directory / f"{BEST_PREFIX}{int(epoch):06d}"
-        tmp = self.directory / f".tmp-{final.name}-{os.getpid()}"
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir()
+        with self._staged_folder(final, lambda: directory_bytes(checkpoint)) as tmp:
             for name in ("model.npz", LAYOUT):
                 if (checkpoint / name).exists():
                     try:
                         os.link(checkpoint / name, tmp / name)
                     except OSError:
                         shutil.copyfile(checkpoint / name, tmp / name)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+        return final
+
+    @contextlib.contextmanager
+    def _staged_folder(self, final: Path, needed: Callable[[], int]) -> Iterator[Path]:
+        """A temporary folder beside ``final`` to fill, renamed to ``final`` when filled.
+
+        A failed write removes the temporary folder and ``final`` keeps what it had; a full
+        or read-only disk becomes one ``CheckpointError`` line naming the
+        space ``needed()`` (bytes).
+        """
+        tmp = self.directory / f".tmp-{final.name}-{os.getpid()}"
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            yield tmp
+            _replace_folder(tmp, final)
         except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             if not isinstance(exc, Exception):
@@ -387,8 +386,7 @@ class CheckpointManager:
             code = write_errno(exc)
             if code is None:
                 raise
-            raise self._write_failure(final, code, directory_bytes(checkpoint)) from exc
-        return final
+            raise self._write_failure(final, code, needed()) from exc
 
     def load_best(self, epoch: int) -> LoadedCheckpoint | None:
         """The best model saved for ``epoch`` (as a checkpoint without state), or None."""
@@ -456,6 +454,24 @@ class CheckpointManager:
             f"every checkpoint in {self.directory} is damaged ({'; '.join(problems)}); "
             "start the run again with --force."
         )
+
+
+def _replace_folder(new: Path, final: Path) -> None:
+    """Rename folder ``new`` to ``final``; an existing ``final`` is replaced, and restored
+    if the rename fails (it waits beside it as ``.tmp-<name>-old-<pid>``, which the
+    clean-up of temporary folders removes if the process dies there)."""
+    if not final.exists():
+        os.replace(new, final)
+        return
+    aside = final.with_name(f".tmp-{final.name}-old-{os.getpid()}")
+    shutil.rmtree(aside, ignore_errors=True)
+    os.replace(final, aside)
+    try:
+        os.replace(new, final)
+    except BaseException:
+        os.replace(aside, final)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 @dataclass

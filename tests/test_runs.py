@@ -110,3 +110,24 @@ def test_interrupted_checkpoint_write_leaves_no_temporary_folder(tmp_path, monke
     with pytest.raises(KeyboardInterrupt):
         manager.save(arrays(2), arrays(12), {"global_step": 2})
     assert sorted(p.name for p in manager.directory.iterdir()) == ["ckpt-000000001", "index.json"]
+
+
+def test_full_disk_while_keeping_the_best_model_keeps_the_previous_best(tmp_path, monkeypatch):
+    manager = CheckpointManager(tmp_path / "checkpoints")
+    best = {"epoch": 1}  # what the kept checkpoints say (an unreferenced best is dropped)
+    first = manager.save(arrays(1), arrays(11), {"global_step": 1, "epoch": 1, "best": best})
+    manager.save_best(1, first)
+    second = manager.save(arrays(2), arrays(12), {"global_step": 2, "epoch": 2, "best": best})
+    real_replace = os.replace
+
+    def replace(a, b):  # the staged folder's rename fails; moving the old one aside works
+        staged = ".tmp-best-" in str(a) and "-old-" not in str(a)
+        return full() if staged else real_replace(a, b)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(CheckpointError, match="no space left") as err:
+        manager.save_best(1, second)  # a second save of epoch 1's best: refused by the disk
+    assert "\n" not in str(err.value)
+    assert not [p for p in manager.directory.iterdir() if p.name.startswith(".tmp-")]
+    kept = manager.load_best(1)  # the first best is intact
+    np.testing.assert_array_equal(kept.model_arrays[0], arrays(1)[0])
