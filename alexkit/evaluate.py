@@ -443,8 +443,10 @@ def evaluate_model(
             the HTML report's gallery shows (``report.explanations``).
         precision: compute in ``float32``, ``mixed_bfloat16``, ``auto`` (bfloat16 where
             the hardware has it) or a ``PrecisionChoice`` (see
-            :func:`alexkit.loading.apply_precision`); None: as the model is. The choice
-            is saved in ``meta["precision"]`` (``metrics.json``).
+            :func:`alexkit.loading.apply_precision`); None: as the model is. What the
+            evaluation computed in is saved in ``meta["precision"]`` and what the run
+            was trained in (its ``config.json``) in ``meta["trained_precision"]``
+            (``metrics.json``; see :func:`evaluation_precision`, :func:`trained_precision`).
 
     Returns:
         The ``EvalReport`` (``meta`` holds tta, sample counts, skipped images, precision).
@@ -485,8 +487,8 @@ def evaluate_model(
     )
     _add_saved_calibration(report, raw_probs, saved, temperature, calibrate, ci)
     _record_meta(report, model_or_run, spec, skipped, saved, tta, threshold, calibrate, temperature)
-    if choice is not None:
-        report.meta["precision"] = choice.as_dict()
+    report.meta["precision"] = evaluation_precision(model, choice)
+    report.meta["trained_precision"] = trained_precision(config)
     report.group_eval = group_eval(report)
     report.groups = group_report(report, report.group_eval)
     if check_leaks and run_dir is not None:
@@ -503,6 +505,58 @@ def evaluate_model(
             grayscale=bool(config.get("grayscale", False)), batch_size=batch_size,
         )  # fmt: skip
     return report
+
+
+def evaluation_precision(model: Any, choice: Any) -> dict[str, Any] | None:
+    """What an evaluation computed in, for ``meta["precision"]``.
+
+    Args:
+        model: the model as it ran (after :func:`alexkit.loading.apply_precision`).
+        choice: the ``PrecisionChoice`` applied, or None (the model ran as it was given).
+
+    Returns:
+        ``choice.as_dict()`` (requested, policy, reason); for None, the policy the Keras
+        model's layers compute in with ``requested`` None and reason ``"as the model
+        is"``; None for an exported model run as it is (its inside is not ours to read).
+    """
+    if choice is not None:
+        return choice.as_dict()
+    if not hasattr(model, "get_config") or getattr(model, "card", None) is not None:
+        return None
+    from alexkit.loading import layer_policies
+
+    mixed = sorted({p for p in layer_policies(model).values() if p != "float32"})
+    return {
+        "requested": None,
+        "policy": mixed[0] if mixed else "float32",
+        "reason": "as the model is",
+    }
+
+
+def trained_precision(config: dict[str, Any] | None) -> str | None:
+    """The dtype policy a run was trained in, as its ``config.json`` records it.
+
+    ``pretrain`` keeps it under ``resolved.precision``, ``finetune`` under
+    ``args.precision`` (the policy chosen on the training machine; None there means the
+    library default, float32). A training config from before ``--precision`` existed
+    (``args`` without the key) was trained in float32, Keras' default policy.
+
+    Returns:
+        ``"float32"``, ``"mixed_bfloat16"`` or ``"mixed_float16"``; None when the config
+        says nothing about training (no config, or a bare ``class_names`` file).
+    """
+    from alexkit.precision import ALIASES
+
+    config = config or {}
+    resolved = config.get("resolved")
+    value: Any = None
+    if isinstance(resolved, dict) and resolved.get("precision"):
+        value = resolved["precision"]
+    elif isinstance(config.get("args"), dict):
+        value = config["args"].get("precision") or "float32"
+    if value is None:
+        return None
+    return ALIASES.get(str(value).strip().lower(), str(value))
 
 
 def _check_run_options(tta: str, batch_size: int, ci_level: float | None) -> None:

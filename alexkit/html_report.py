@@ -5,8 +5,10 @@ script, no web fonts), so the file opens offline and can be attached to a submis
 Sections: headline metrics with intervals and their methods, leakage warning,
 calibration (reliability diagram), confusion matrix and most-confused pairs, ROC and PR
 with bootstrap bands (two classes), metrics at saved thresholds, per-class table,
-subgroups, clip/volume level, and a gallery of the most confidently wrong items (with
-their Grad-CAM overlays beside the thumbnails when ``evaluate --explain`` drew them).
+subgroups, clip/volume level, a gallery of the most confidently wrong items (with
+their Grad-CAM overlays beside the thumbnails when ``evaluate --explain`` drew them), and
+the run and its settings (model, data, TTA, threshold, calibration, probe, and the
+precision the evaluation computed in beside the one the run was trained in).
 Numbers are printed with 3 decimals, as in the terminal tables.
 """
 
@@ -175,9 +177,7 @@ def render_html(report: EvalReport, images: dict[str, Path] | None = None) -> st
     parts += _subgroups_section(report, metrics)
     parts += _groups_section(metrics)
     parts += _gallery_section(report)
-    skipped = meta.get("skipped") or []
-    if skipped:
-        parts.append(f'<p class="muted">{len(skipped)} unreadable item(s) skipped.</p>')
+    parts += _settings_section(metrics)
     body = "\n".join(parts)
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
@@ -214,6 +214,38 @@ def _byline(metrics: dict[str, Any]) -> str:
         f"{metrics['num_classes']} classes · tta: {_e(meta.get('tta', 'center'))} · "
         f"written {stamp} by alexkit</p>"
     )
+
+
+def _settings_section(metrics: dict[str, Any]) -> list[str]:
+    """Run and settings: what was evaluated, on what, and how (precision included)."""
+    from alexkit.report import precision_rows
+
+    meta = metrics.get("meta", {})
+    rows = []
+    if meta.get("model"):
+        rows.append(["model", _e(meta["model"])])
+    if meta.get("data"):
+        rows.append(["data", _e(meta["data"])])
+    rows.append(["items, classes", f"{metrics['num_samples']}, {metrics['num_classes']}"])
+    if meta.get("probe"):
+        probe = f"{meta['probe']} (C = {meta.get('C', 1.0):g}) on {meta.get('layer', '?')}"
+        probe += f" features of {meta.get('train', '?')} ({meta.get('train_samples', '?')} items)"
+        rows.append(["linear probe", _e(probe)])
+    if meta.get("tta"):
+        rows.append(["test-time augmentation", _e(meta["tta"])])
+    if metrics.get("binary"):
+        rows.append(["decision threshold", f"{metrics['binary']['threshold']:g}"])
+    temperature = (meta.get("calibration") or {}).get("temperature_applied")
+    if "calibration" in meta:
+        rows.append(
+            ["temperature", "none applied" if temperature is None else f"{temperature:.4g}"]
+        )
+    for label, text in precision_rows(meta):
+        rows.append([f"precision: {_e(label)}", _e(text)])
+    skipped = meta.get("skipped") or []
+    if skipped:
+        rows.append(["unreadable items skipped", str(len(skipped))])
+    return ["<h2>Run and settings</h2>", _table(["setting", "value"], rows, left=2)]
 
 
 def _leakage_section(metrics: dict[str, Any]) -> list[str]:

@@ -17,7 +17,10 @@ File shapes are stable (scripts read them):
 
 ``metrics.json`` also carries ``ci`` / ``ci_level`` / ``ci_method`` / ``ci_bootstrap``
 (intervals keyed by the dotted path of each point estimate), ``calibration``, and when
-present ``operating_points``, ``leakage`` and ``subgroups``.
+present ``operating_points``, ``leakage`` and ``subgroups``. Its ``meta`` says how the
+numbers were made: ``precision`` (what the evaluation computed in: ``requested``,
+``policy``, ``reason``) and ``trained_precision`` (the run's, from its ``config.json``;
+null when not recorded), among tta, threshold, data and calibration.
 """
 
 from __future__ import annotations
@@ -39,6 +42,28 @@ MAX_TABLE_CLASSES = 12
 
 
 # --------------------------------------------------------------------------- CSV / JSON
+
+
+def precision_rows(meta: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(label, text)`` of the evaluation's and the training's precision, as a person reads
+    them (terminal summary and ``report.html``); only the ones ``meta`` has a key for.
+
+    E.g. ``("evaluated in", "mixed_bfloat16 (auto: CPU AMD EPYC has avx512_bf16)")`` and
+    ``("trained in", "float32 (the run's config.json)")``.
+    """
+    rows = []
+    if "precision" in meta:
+        used = meta["precision"]
+        if used:
+            why = f" ({used['reason']})" if used.get("reason") else ""
+            rows.append(("evaluated in", f"{used['policy']}{why}"))
+        else:
+            rows.append(("evaluated in", "as exported (not recorded)"))
+    if "trained_precision" in meta:
+        trained = meta["trained_precision"]
+        text = f"{trained} (the run's config.json)" if trained else "not recorded"
+        rows.append(("trained in", text))
+    return rows
 
 
 def _csv_text(rows: list[list[Any]]) -> str:
@@ -425,6 +450,8 @@ def _summary_table(report: EvalReport) -> Any:
         unit = "groups" if iv.clustered else "items"
         how = f"{iv.n_boot} bootstraps over {iv.num_groups} {unit}" if iv.n_boot else "no bootstrap"
         summary.add_row("intervals", f"{', '.join(sorted(set(iv.method.values())))}; {how}")
+    for label, text in precision_rows(report.meta):
+        summary.add_row(f"precision: {label}", text)
     if report.groups:
         summary.add_row(
             f"accuracy per file ({report.groups['num_groups']})", f"{report.groups['accuracy']:.4f}"

@@ -311,3 +311,49 @@ def test_subgroups_match_sklearn_on_subsets(tmp_path):
     (tmp_path / "bad.csv").write_text("file,sex\nx.png,F\n")
     with pytest.raises(DataError, match="'path' column"):
         load_subgroups(tmp_path / "bad.csv")
+
+
+@pytest.mark.parametrize(
+    ("config", "want"),
+    [
+        (
+            {
+                "kind": "pretrain",
+                "args": {"precision": "auto"},
+                "resolved": {"precision": "mixed_bfloat16"},
+            },
+            "mixed_bfloat16",
+        ),  # noqa: E501
+        ({"kind": "finetune", "args": {"precision": "mixed_bfloat16"}}, "mixed_bfloat16"),
+        ({"kind": "finetune", "args": {"precision": "bf16"}}, "mixed_bfloat16"),  # an alias
+        ({"kind": "finetune", "args": {"precision": None}}, "float32"),  # library default
+        ({"kind": "finetune", "args": {"lr": 0.01}}, "float32"),  # before --precision existed
+        ({"class_names": ["a", "b"]}, None),  # a hand-written config: not recorded
+        ({}, None),
+        (None, None),
+    ],
+)
+def test_trained_precision_reads_the_run_config(config, want):
+    from alexkit.evaluate import trained_precision
+
+    assert trained_precision(config) == want
+
+
+def test_evaluation_precision_of_a_model_run_as_it_is():
+    import keras
+
+    from alexkit.evaluate import evaluation_precision
+    from alexkit.loading import model_with_precision
+    from alexkit.precision import choose_precision
+
+    inputs = keras.Input((4,))
+    model = keras.Model(
+        inputs, keras.layers.Dense(2, name="predictions")(keras.layers.Dense(3)(inputs))
+    )
+    assert evaluation_precision(model, None) == {
+        "requested": None, "policy": "float32", "reason": "as the model is"
+    }  # fmt: skip
+    bf16 = model_with_precision(model, "mixed_bfloat16")  # predictions stays float32
+    assert evaluation_precision(bf16, None)["policy"] == "mixed_bfloat16"
+    choice = choose_precision("bf16")
+    assert evaluation_precision(bf16, choice) == choice.as_dict()

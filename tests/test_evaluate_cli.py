@@ -562,3 +562,28 @@ def test_evaluate_explain_puts_gradcam_overlays_in_the_report(tmp_path, runner):
     assert "Most confidently wrong" in dom and dom.count('class="gradcam"') == len(shown)
     with Image.open(shot) as im:
         assert np.asarray(im.convert("L"), dtype=np.float64).std() > 10  # not blank
+
+
+def test_evaluate_records_both_precisions_in_metrics_html_and_table(tmp_path, runner):
+    names = ["alpha", "beta"]
+    data = tmp_path / "data"
+    write_class_images(data, names, 3, size=(40, 36))
+    run, _ = tiny_run(tmp_path / "run", names)
+    config = json.loads((run / "config.json").read_text())
+    config.update(kind="finetune", args={"precision": "mixed_bfloat16"})  # as finetune saves
+    (run / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "eval"
+    args = ["evaluate", str(run), "--data", str(data), "--n-boot", "0", "--precision", "float32"]
+    result = runner.invoke(app, [*args, "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.stderr
+    meta = json.loads((out / "metrics.json").read_text())["meta"]
+    assert meta["precision"] == {"requested": "float32", "policy": "float32", "reason": "asked for"}
+    assert meta["trained_precision"] == "mixed_bfloat16"
+    from test_report import visible_text
+
+    text = visible_text((out / "report.html").read_text())
+    assert "precision: evaluated in float32 (asked for)" in text
+    assert "precision: trained in mixed_bfloat16 (the run's config.json)" in text
+    table = runner.invoke(app, args)
+    assert table.exit_code == 0, table.stderr
+    assert "precision: trained in" in table.stdout and "mixed_bfloat16 (the run's" in table.stdout

@@ -216,17 +216,76 @@ def test_html_is_self_contained_and_has_every_headline_number(tmp_path):
     assert written["report.html"] == tmp_path / "out/report.html"
 
 
+def visible_text(dom: str) -> str:
+    """The words a person sees on the rendered page: the DOM's text outside <head>
+    (title, style), tags dropped, runs of white space made one space."""
+    from html.parser import HTMLParser
+
+    class Text(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.hidden, self.words = 0, []
+
+        def handle_starttag(self, tag, attrs):
+            self.hidden += tag in ("head", "style", "script", "title")
+
+        def handle_endtag(self, tag):
+            self.hidden -= tag in ("head", "style", "script", "title")
+
+        def handle_data(self, data):
+            if not self.hidden:
+                self.words.append(data)
+
+    parser = Text()
+    parser.feed(dom)
+    return " ".join(" ".join(parser.words).split())
+
+
+# (meta as evaluate_model records it, what the settings table must say)
+PRECISIONS = {
+    2: (
+        {
+            "precision": {
+                "requested": "auto",
+                "policy": "mixed_bfloat16",
+                "reason": "auto: CPU AMD EPYC 9B14 has avx512_bf16",
+            },
+            "trained_precision": "float32",
+        },
+        [
+            "precision: evaluated in mixed_bfloat16 (auto: CPU AMD EPYC 9B14 has avx512_bf16)",
+            "precision: trained in float32 (the run's config.json)",
+        ],
+    ),
+    5: (
+        {
+            "precision": {"requested": None, "policy": "float32", "reason": "as the model is"},
+            "trained_precision": None,
+        },
+        ["precision: evaluated in float32 (as the model is)", "precision: trained in not recorded"],
+    ),
+}
+
+
 @pytest.mark.parametrize("c", [2, 5])
 def test_html_renders_in_headless_chromium(tmp_path, c):
     exe = _chromium()
     report, _ = _report_with_images(tmp_path, c)
+    meta, said = PRECISIONS[c]
+    report.meta.update(meta)
     write_report(report, tmp_path / "out")
     metrics = json.loads((tmp_path / "out/metrics.json").read_text())
+    assert {k: metrics["meta"][k] for k in meta} == meta
     dom, console, shot = _render(exe, tmp_path / "out/report.html", tmp_path)
     assert console == [], console
     assert "Headline metrics" in dom and "Calibration" in dom
     for key, text in _headline_numbers(metrics).items():
         assert text in dom, key
+    # The settings table says, in words a reader sees, both precisions.
+    text = visible_text(dom)
+    assert "Run and settings" in text
+    for line in said:
+        assert line in text, (line, text[text.find("Run and settings") :])
     with Image.open(shot) as im:
         pixels = np.asarray(im.convert("L"), dtype=np.float64)
     assert pixels.shape[0] >= 1000 and pixels.std() > 10  # not a blank page
