@@ -66,14 +66,30 @@ def fit_and_evaluate(
     threshold: float = 0.5,
     paths: Sequence[str] | None = None,
     seed: int = 0,
+    ci_level: float | None = 0.95,
+    n_boot: int = 2000,
 ) -> EvalReport:
-    """Fit a probe on (x_train, y_train) and report on (x_eval, y_eval)."""
+    """Fit a probe on (x_train, y_train) and report on (x_eval, y_eval).
+
+    ``seed`` seeds the probe's solver and the bootstrap; ``ci_level`` and ``n_boot`` are
+    as for :func:`alexkit.evaluate.compute_report` (the items of one clip or volume in
+    ``paths`` are resampled together).
+    """
     if len(np.unique(y_train)) < 2:
         raise DataError("the probe needs training images of at least two classes.")
     probe = make_probe(kind, c=c, seed=seed)
     probe.fit(x_train, y_train)
     probs = probe_probabilities(probe, x_eval, len(class_names))
-    report = compute_report(y_eval, probs, class_names, threshold=threshold, paths=paths)
+    report = compute_report(
+        y_eval,
+        probs,
+        class_names,
+        threshold=threshold,
+        paths=paths,
+        ci_level=ci_level,
+        n_boot=n_boot,
+        seed=seed,
+    )
     report.meta.update(
         {"probe": kind, "C": c, "train_samples": int(len(y_train)), "dim": int(x_train.shape[1])}
     )
@@ -94,6 +110,9 @@ def run_probe(
     image_size: int | None = None,
     grayscale: bool = False,
     seed: int = 0,
+    ci_level: float | None = 0.95,
+    n_boot: int = 2000,
+    precision: Any = None,
 ) -> EvalReport:
     """Extract ``layer`` features of ``train`` and ``data``, fit a probe, report on ``data``.
 
@@ -103,14 +122,30 @@ def run_probe(
         kind: ``logreg`` or ``svm``.
         layer, pool: as for ``alexkit extract``.
         c: inverse regularisation strength of the probe.
+        seed: the probe's solver seed and the bootstrap seed.
+        ci_level, n_boot: the intervals, as for ``alexkit evaluate`` (None / 0: none /
+            closed-form only).
+        precision: compute the features in ``float32``, ``mixed_bfloat16``, ``auto`` or a
+            ``PrecisionChoice`` (:func:`alexkit.loading.apply_precision`), once for both
+            sets; None: as the model is. Saved in ``meta["precision"]``.
 
     Raises:
         DataError: ``data`` has classes absent from ``train`` (listed), or no labels.
+        UsageError: a bad probe kind, precision or interval option.
     """
+    from alexkit.evaluate import evaluation_precision
     from alexkit.extract import extract_arrays
+    from alexkit.loading import apply_precision
 
     if kind not in PROBES:
         raise UsageError(f"--probe must be one of {', '.join(PROBES)}; received {kind!r}.")
+    if ci_level is not None:
+        from alexkit.stats import check_level
+
+        check_level(ci_level)
+    if n_boot < 0 or 0 < n_boot < 100:  # as metric_intervals says, before any extraction
+        raise UsageError(f"--n-boot must be 0 or >= 100; received {n_boot}.")
+    model, choice = apply_precision(model, precision)
     if hasattr(train, "items"):
         train_spec = train
     else:
@@ -136,8 +171,11 @@ def run_probe(
         threshold=threshold,
         paths=paths,
         seed=seed,
+        ci_level=ci_level,
+        n_boot=n_boot,
     )
     report.meta.update(
         {"layer": layer, "pool": pool, "train": str(train_spec.root), "data": str(eval_spec.root)}
     )
+    report.meta["precision"] = evaluation_precision(model, choice)
     return report

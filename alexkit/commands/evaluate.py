@@ -25,6 +25,28 @@ def precision_option() -> Any:
     return typer.Option(None, "--precision", help=PRECISION_HELP)
 
 
+def ci_level_option() -> Any:
+    """``--ci-level``, as evaluate and probe declare it."""
+    return typer.Option(0.95, "--ci-level", help="Confidence level of the intervals.")
+
+
+def n_boot_option() -> Any:
+    """``--n-boot``, as evaluate and probe declare it."""
+    return typer.Option(
+        2000, "--n-boot", help="Bootstrap resamples (groups resampled whole); 0: none."
+    )
+
+
+def check_interval_options(ci_level: float, n_boot: int) -> None:
+    """``--ci-level`` in (0, 1) and ``--n-boot`` 0 or >= 100 (exit 2 before any loading)."""
+    from alexkit.errors import UsageError
+    from alexkit.stats import check_level
+
+    check_level(ci_level)
+    if n_boot < 0 or 0 < n_boot < 100:
+        raise UsageError(f"--n-boot must be 0 or >= 100; received {n_boot}.")
+
+
 def choose_and_show_precision(requested: str | None, model: Any = None) -> Any:
     """Resolve ``--precision`` (a bad name: exit 2 before anything loads).
 
@@ -232,10 +254,8 @@ def evaluate(
     train: Path | None = typer.Option(None, "--train", help="Training images for --probe."),
     layer: str = typer.Option("fc7", "--layer", help=f"--probe only. {LAYER_HELP}"),
     json_output: bool = typer.Option(False, "--json", help="Print metrics JSON only."),
-    ci_level: float = typer.Option(0.95, "--ci-level", help="Confidence level of the intervals."),
-    n_boot: int = typer.Option(
-        2000, "--n-boot", help="Bootstrap resamples (groups resampled whole); 0: none."
-    ),
+    ci_level: float = ci_level_option(),
+    n_boot: int = n_boot_option(),
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
     no_calibration: bool = typer.Option(
         False, "--no-calibration", help="Ignore the run's saved temperature: raw probabilities."
@@ -265,15 +285,12 @@ def evaluate(
     Example: [bold]alexkit evaluate runs/xray --data chest_xray/test --out eval/[/]
     """
     from alexkit.errors import UsageError
-    from alexkit.stats import check_level
 
-    check_level(ci_level)
+    check_interval_options(ci_level, n_boot)
     if probe is None:
         chosen = choose_and_show_precision(precision, model)
     elif precision is not None:
         raise UsageError("--precision applies to the trained model, not to --probe.")
-    if n_boot < 0 or 0 < n_boot < 100:
-        raise UsageError(f"--n-boot must be 0 or >= 100; received {n_boot}.")
 
     if explain and (out is None or probe is not None):
         raise UsageError(
@@ -283,7 +300,7 @@ def evaluate(
     if probe is not None:
         if train is None:
             raise UsageError("--probe needs --train PATH (the images to fit the probe on).")
-        from alexkit.evaluate import load_trained, model_image_size
+        from alexkit.evaluate import load_trained, model_image_size, trained_precision
         from alexkit.probe import run_probe
 
         net, _names, config = load_trained(model)
@@ -297,20 +314,12 @@ def evaluate(
             threshold=threshold,
             image_size=model_image_size(net, config),
             grayscale=bool(config.get("grayscale", False)),
+            seed=seed,
+            ci_level=ci_level,
+            n_boot=n_boot,
         )
         report.meta["model"] = model
-        from alexkit.stats import metric_intervals
-
-        report.intervals = metric_intervals(
-            report.y_true,
-            report.y_pred,
-            report.probs,
-            report.class_names,
-            level=ci_level,
-            n_boot=n_boot,
-            seed=seed,
-            groups=report.item_groups,
-        )
+        report.meta["trained_precision"] = trained_precision(config)
         _show_report(report, out, json_output)
         return
     if train is not None:
@@ -509,15 +518,22 @@ def probe(
     batch_size: int = typer.Option(32, "--batch-size", "-b", help="Images per forward pass."),
     threshold: float = typer.Option(0.5, "--threshold", help="Binary: P(class 1) cut-off."),
     json_output: bool = typer.Option(False, "--json", help="Print metrics JSON only."),
+    ci_level: float = ci_level_option(),
+    n_boot: int = n_boot_option(),
+    seed: int = typer.Option(0, "--seed", help="Bootstrap and probe solver seed."),
+    precision: str | None = precision_option(),
 ) -> None:
     """Linear probe: fit logistic regression or a linear SVM on frozen AlexNet features.
 
-    The classic "AlexNet fc7 + SVM" baseline, with the same report as `evaluate`.
+    The classic "AlexNet fc7 + SVM" baseline, with the same report as `evaluate`
+    (intervals included). --precision is what the features are computed in.
     Example: [bold]alexkit probe -w imagenet --train data/train --data data/test --probe svm[/]
     """
-    from alexkit.evaluate import model_image_size
+    from alexkit.evaluate import model_image_size, trained_precision
     from alexkit.probe import run_probe
 
+    check_interval_options(ci_level, n_boot)
+    chosen = choose_and_show_precision(precision, model)
     net, _names, config = _load_source(model, weights, variant)
     report = run_probe(
         net,
@@ -531,8 +547,13 @@ def probe(
         threshold=threshold,
         image_size=model_image_size(net, config),
         grayscale=bool(config.get("grayscale", False)),
+        seed=seed,
+        ci_level=ci_level,
+        n_boot=n_boot,
+        precision=chosen,
     )
     report.meta["model"] = model or f"weights:{weights}"
+    report.meta["trained_precision"] = trained_precision(config)
     _show_report(report, out, json_output)
 
 
