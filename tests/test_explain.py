@@ -236,7 +236,8 @@ def test_occlusion_equals_a_python_loop_over_patches(baseline, colour, score, pa
 
 
 def test_occlusion_baseline_mean_is_the_preprocess_mean():
-    from alexkit.model import VARIANTS, build_alexnet
+    from alexkit.model import build_alexnet
+    from alexkit.variants import VARIANTS
 
     # The tiny variant's Preprocess layer is the original's (same mean), at 0.2M parameters.
     model = build_alexnet("tiny", num_classes=2, seed=0)
@@ -306,7 +307,57 @@ def test_peak_and_center_share_by_hand():
     inside = np.zeros((20, 20))
     inside[10, 10] = 1.0
     assert E.center_share(inside) == 1.0
-    assert np.isnan(E.center_share(np.zeros((4, 4))))
+    # A blank map (no positive heat) has no share and no peak: None, not NaN or (0, 0).
+    for blank in (np.zeros((4, 4)), -np.ones((4, 4))):
+        assert E.is_blank(blank) and E.center_share(blank) is None
+    assert E.peak(np.zeros((4, 4))) is None
+    assert not E.is_blank(heat) and not E.is_blank(inside)
+    signed = -np.ones((4, 4))
+    signed[1, 2] = -0.5  # an occlusion map where every patch raised the score
+    assert E.is_blank(signed) and E.peak(signed) == (1, 2)  # still has a least-bad place
+
+
+def dead_conv5_run(root):
+    """``flat_net`` with conv5's bias at -1000: its ReLU is off everywhere for any image,
+    so every Grad-CAM at conv5 is all zero (a dead layer)."""
+    model = flat_net(num_classes=2)
+    conv5 = model.get_layer("conv5")
+    kernel, bias = conv5.get_weights()
+    conv5.set_weights([kernel, np.full_like(bias, -1000.0)])
+    run = root / "run"
+    run.mkdir()
+    model.save(run / "model.keras")
+    (run / "config.json").write_text(json.dumps({"class_names": ["a", "b"]}))
+    return run, model
+
+
+def test_blank_maps_leave_center_share_and_peak_empty_and_are_counted(tmp_path):
+    from conftest import write_class_images
+
+    run, model = dead_conv5_run(tmp_path)
+    write_class_images(tmp_path / "data", ["a", "b"], 2, size=(40, 36))
+    out = tmp_path / "out"
+    args = ["explain", str(run), "--data", str(tmp_path / "data"), "--out", str(out)]
+    result = CliRunner().invoke(app, [*args, "--save-maps"])
+    assert result.exit_code == 0, result.stderr
+    assert "4 of 4 map(s) are blank" in " ".join(result.stderr.split())
+    assert "central half" not in result.stdout  # blank maps are not called shortcuts
+    maps = np.load(out / "maps.npz")
+    rows = _rows(out / "explain.csv")
+    assert len(rows) == 4
+    for r in rows:
+        assert not maps[r["path"]].any()  # the oracle: the maps really are all zero
+        assert r["center_share"] == r["peak_row"] == r["peak_col"] == ""
+        assert r["predicted"] in ("a", "b") and r["overlay"].endswith(".png")
+    # Library: None in the rows, counted, and the summary is strict JSON (no NaN).
+    from alexkit.data import load_spec
+
+    spec = load_spec(str(tmp_path / "data"), val_fraction=0)
+    lib = E.explain_data(model, spec, tmp_path / "lib", class_names=["a", "b"], overlays=False)
+    assert lib.blank_maps == lib.images == 4
+    assert all(r["center_share"] is None and r["peak_row"] is None for r in lib.rows)
+    summary = json.loads(json.dumps(lib.to_dict(), allow_nan=False))
+    assert summary["blank_maps"] == 4
 
 
 def test_gradcam_overlays_are_pngs_with_titles(trained):

@@ -62,7 +62,8 @@ def explain(
     probability when a patch hides each region. explain.csv lists each
     image's prediction, the map's peak (row, col) and the share of heat in
     the central half of the image (low: borders, corners: look for
-    shortcuts). Clips and volumes give one overlay per frame or slice.
+    shortcuts); a blank map (no positive heat) leaves both empty, and their
+    count is printed. Clips and volumes give one overlay per frame or slice.
     Example: [bold]alexkit explain runs/xray --data chest_xray/test --out cams/[/]
     """
     from alexkit.commands.evaluate import _warn_skipped, choose_and_show_precision, progress_bar
@@ -141,13 +142,13 @@ def explain(
             precision=chosen,
         )
     _warn_skipped(result.skipped)
+    _warn_blank(result.blank_maps, result.images, method, layer)
     if json_output:
         summary = result.to_dict()
         summary.pop("rows")
         print_json(summary)
         return
-    low = [r for r in result.rows if r["center_share"] == r["center_share"]]  # not NaN
-    low = [r for r in low if r["center_share"] < 0.3]
+    low = [r for r in result.rows if r["center_share"] is not None and r["center_share"] < 0.3]
     console = out_console()
     console.print(
         f"explained {result.images} images with {method}"
@@ -167,6 +168,26 @@ def explain(
             f"{len(low)} image(s) have < 30 % of the heat in the central half of the image "
             "(see center_share in explain.csv): check them for border or marker shortcuts."
         )
+
+
+def _warn_blank(blank: int, images: int, method: str, layer: str) -> None:
+    """Say on stderr how many maps had no positive heat (their centre share is undefined)."""
+    if not blank:
+        return
+    from alexkit.commands._common import err_console
+
+    if method == "occlusion":
+        why = "no occluding patch lowered the target's score"
+    else:
+        why = (
+            f"no positive evidence for the target at {layer}: its units are all off for "
+            "the image (dead ReLUs) or the class gets no support there"
+        )
+    err_console().print(
+        f"[yellow]warning:[/] {blank} of {images} map(s) are blank ({why}); their "
+        "center_share and peak are left empty in explain.csv (null in JSON).",
+        highlight=False,
+    )
 
 
 def _labels_in_model_order(spec, names):

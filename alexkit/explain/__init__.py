@@ -24,7 +24,7 @@ is re-initialised, and differ between two classes the model separates. Guided
 backpropagation fails them and is not offered.
 
 Modules: ``cam`` (:class:`Explainer`, Grad-CAM and Grad-CAM++), ``occlude`` (occlusion),
-``stats`` (peak, centre share, rank correlation), ``sanity`` (:func:`sanity_checks`),
+``stats`` (peak, centre share, blank maps, rank correlation), ``sanity`` (:func:`sanity_checks`),
 ``render`` (overlay PNGs), ``files`` (the output folder) and ``run`` (:func:`explain_data`).
 """
 
@@ -45,7 +45,7 @@ from alexkit.explain.run import (
 )
 from alexkit.explain.sanity import SanityReport, sanity_checks
 from alexkit.explain.sanity import _head_layers as _head_layers
-from alexkit.explain.stats import CENTER_FRACTION, center_share, peak, rank_correlation
+from alexkit.explain.stats import CENTER_FRACTION, center_share, is_blank, peak, rank_correlation
 
 __all__ = [
     "CENTER_FRACTION",
@@ -65,6 +65,7 @@ __all__ = [
     "explain_data",
     "gradcam",
     "gradcam_overlays",
+    "is_blank",
     "occlusion",
     "occlusion_positions",
     "overlay_name",

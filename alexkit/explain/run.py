@@ -68,6 +68,10 @@ class ExplainResult:
         files: name → path of what was written.
         sanity: :meth:`SanityReport.to_dict` when asked for, else None.
         precision: ``PrecisionChoice.as_dict()`` when a precision was asked for, else None.
+        blank_maps: items whose map has no positive heat
+            (:func:`alexkit.explain.stats.is_blank`): their ``center_share`` is None (an
+            empty cell in ``explain.csv``), and so are ``peak_row``/``peak_col`` when the
+            map is constant (all zero).
     """
 
     out: Path
@@ -81,6 +85,7 @@ class ExplainResult:
     files: dict[str, Path]
     sanity: dict[str, Any] | None = None
     precision: dict[str, str] | None = None
+    blank_maps: int = 0
 
     @property
     def images_per_second(self) -> float:
@@ -103,6 +108,7 @@ class ExplainResult:
             "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
             "sanity": self.sanity,
             "precision": self.precision,
+            "blank_maps": self.blank_maps,
             "rows": self.rows,
         }
 
@@ -397,7 +403,8 @@ def _explain_item(
     names = settings.names
     pred = int(probs.argmax())
     true = names[label] if label >= 0 else None
-    r, c = peak(heat)
+    top = peak(heat)
+    share = center_share(heat)
     row = {
         "path": key,
         "true": true if true is not None else "",
@@ -405,9 +412,9 @@ def _explain_item(
         "probability": round(float(probs[pred]), 6),
         "target": names[chosen],
         "target_probability": round(float(probs[chosen]), 6),
-        "peak_row": r,
-        "peak_col": c,
-        "center_share": round(center_share(heat), 6),
+        "peak_row": None if top is None else top[0],
+        "peak_col": None if top is None else top[1],
+        "center_share": None if share is None else round(share, 6),
         "overlay": "",
     }
     if settings.overlays:
@@ -482,6 +489,7 @@ def _finish(
         method=settings.method,
         layer=settings.layer if settings.method != "occlusion" else "",
         images=len(rows),
+        blank_maps=sum(row["center_share"] is None for row in rows),
         seconds=seconds,
         map_seconds=map_seconds,
         skipped=entries,
