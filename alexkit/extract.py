@@ -471,12 +471,12 @@ def extract_features(
         raise UsageError(f"--pool-frames must be 'mean' or 'max'; received {pool_frames!r}.")
     if batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1; received {batch_size}.")
-    from alexkit.loading import apply_precision
+    from alexkit.loading import apply_precision, input_size_of
 
     model, choice = apply_precision(model, precision)
     extractor = build_extractor(model, layer, pool)
     if image_size is None:
-        image_size = int(model.input_shape[1] or 227)
+        image_size = input_size_of(model)
     if skipped is None:
         skipped = data_mod.SkipLog()
     names = list(spec.class_names)
@@ -601,12 +601,12 @@ def extract_arrays(
     Holds N × D floats (fc7: 16 KiB per image); use ``extract_features`` for big sets.
     ``precision`` as for :func:`extract_features` (None: as the model is).
     """
-    from alexkit.loading import apply_precision
+    from alexkit.loading import apply_precision, input_size_of
 
     model, _ = apply_precision(model, precision)
     extractor = build_extractor(model, layer, pool)
     if image_size is None:
-        image_size = int(model.input_shape[1] or 227)
+        image_size = input_size_of(model)
     items: list[str] = []
     labels: list[np.ndarray] = []
     feats: list[np.ndarray] = []

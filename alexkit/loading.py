@@ -83,13 +83,48 @@ def load_trained(path: str | Path) -> tuple[Any, list[str], dict[str, Any]]:
 
 
 def model_image_size(model: Any, config: dict[str, Any] | None = None) -> int:
-    """The square input size a model expects (config ``image_size`` or the input shape)."""
+    """The square input size a model expects: the run config's ``image_size``, else
+    :func:`input_size_of` (its input shape, or its variant's size)."""
     if config and config.get("image_size"):
         return int(config["image_size"])
-    shape = model.input_shape
-    if shape[1] is None:
-        return 227
-    return int(shape[1])
+    return input_size_of(model)
+
+
+def input_size_of(model: Any) -> int:
+    """The square input side ``model`` takes, read from the model itself.
+
+    Its input shape when that is fixed; else (a body built with ``input_shape=(None,
+    None, 3)``, which runs at any size) the size of the AlexNet variant its layers make it
+    (``lrn1`` and conv1's width, nested models searched: 227 ``original``, 224
+    ``torchvision``, 99 ``tiny``), the size its fc6 and pretrained weights were made for.
+    A model with neither a fixed size nor a ``conv1`` layer gets the paper's 227.
+
+    Args:
+        model: a Keras model, or an exported one (its card fixes the size).
+
+    Returns:
+        The side in pixels.
+    """
+    from alexkit.variants import IMAGE_SIZES, variant_from_structure
+
+    shape = getattr(model, "input_shape", None)
+    if isinstance(shape, list):  # several inputs: the first is the image
+        shape = shape[0]
+    if shape is not None and len(shape) >= 3 and shape[1] is not None:
+        return int(shape[1])
+    has_lrn, conv1 = False, None
+    stack = [model]
+    while stack:
+        node = stack.pop()
+        for layer in getattr(node, "layers", None) or []:
+            has_lrn = has_lrn or layer.name == "lrn1"
+            if layer.name == "conv1" and conv1 is None:
+                conv1 = layer
+            if getattr(layer, "layers", None):
+                stack.append(layer)
+    if conv1 is None:
+        return IMAGE_SIZES["original"]
+    return IMAGE_SIZES[variant_from_structure(has_lrn, getattr(conv1, "filters", None))]
 
 
 def align_spec(spec: Any, class_names: Sequence[str], *, require_labels: bool = True) -> Any:

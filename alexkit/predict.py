@@ -189,7 +189,7 @@ def predict_images(
     """
     from alexkit import data as data_mod
     from alexkit.inference import batch_predictor, predict_batches
-    from alexkit.loading import apply_precision
+    from alexkit.loading import apply_precision, input_size_of
 
     if batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1; received {batch_size}.")
@@ -207,7 +207,7 @@ def predict_images(
     dataset = data_mod.make_dataset(
         spec,
         training=False,
-        image_size=image_size or int(model.input_shape[1] or 227),
+        image_size=image_size or input_size_of(model),
         batch_size=batch_size,
         grayscale=grayscale,
         with_paths=True,

@@ -357,3 +357,33 @@ def test_evaluation_precision_of_a_model_run_as_it_is():
     assert evaluation_precision(bf16, None)["policy"] == "mixed_bfloat16"
     choice = choose_precision("bf16")
     assert evaluation_precision(bf16, choice) == choice.as_dict()
+
+
+@pytest.mark.parametrize(
+    ("variant", "size"), [("original", 227), ("torchvision", 224), ("tiny", 99)]
+)
+def test_input_size_of_a_body_of_any_size_is_its_variants(variant, size):
+    import keras
+
+    from alexkit.evaluate import model_image_size
+    from alexkit.loading import input_size_of
+    from alexkit.model import build_alexnet
+
+    body = build_alexnet(variant, include_top=False, input_shape=(None, None, 3))
+    assert input_size_of(body) == model_image_size(body, {}) == size
+    assert model_image_size(body, {"image_size": 64}) == 64  # the run's config comes first
+    inputs = keras.Input((None, None, 3))
+    wrapped = keras.Model(inputs, body(inputs))  # nested: found inside
+    assert input_size_of(wrapped) == size
+    fixed = build_alexnet(variant, include_top=False, input_shape=(131, 131, 3))
+    assert input_size_of(fixed) == 131
+
+
+def test_input_size_of_a_model_that_is_no_alexnet():
+    import keras
+
+    inputs = keras.Input((None, None, 3))
+    free = keras.Model(inputs, keras.layers.Conv2D(2, 3, name="stem")(inputs))
+    from alexkit.loading import input_size_of
+
+    assert input_size_of(free) == 227  # the paper's size when nothing says otherwise

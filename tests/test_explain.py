@@ -564,3 +564,27 @@ def test_cli_explains_a_csv_manifest_and_multiframe_dicom(run_dir, tmp_path):
     # The two frames' squares sit in opposite corners, and so do their maps' peaks.
     a, b = (E.peak(maps[r["path"]]) for r in dicom)
     assert a[0] < 113 < b[0] and a[1] < 113 < b[1]
+
+
+def test_a_classifier_of_any_input_size_is_explained_at_its_variants_size(tmp_path):
+    """Grad-CAM of a tiny body of any input size: read at 99 and mapped at 99×99, equal
+    to gradcam() on the pipeline's 99-pixel crops (a fixed 227 would change both)."""
+    from conftest import write_class_images
+
+    from alexkit.data import load_spec, make_dataset
+    from alexkit.model import build_alexnet
+
+    write_class_images(tmp_path / "imgs", ["a", "b"], 1, size=(120, 110))
+    body = build_alexnet("tiny", include_top=False, input_shape=(None, None, 3), seed=0)
+    x = keras.layers.GlobalAveragePooling2D()(body.output)
+    model = keras.Model(body.inputs, keras.layers.Dense(2, activation="softmax")(x))
+    spec = load_spec(str(tmp_path / "imgs"), val_fraction=0)
+    result = E.explain_data(model, spec, tmp_path / "out", overlays=False, save_maps=True)
+    maps = np.load(tmp_path / "out" / "maps.npz")
+    crops = np.concatenate(
+        [x.numpy() for x, _ in make_dataset(spec, training=False, image_size=99, batch_size=8)]
+    )
+    want, _, _ = E.gradcam(model, crops)
+    for k, row in enumerate(result.rows):
+        assert maps[row["path"]].shape == (99, 99)
+        np.testing.assert_allclose(maps[row["path"]], want[k], rtol=1e-4, atol=1e-5)

@@ -248,3 +248,29 @@ def test_extractors_are_reused_until_the_model_changes(variant):
     fc6.set_weights([w * 0.5 for w in fc6.get_weights()])
     assert build_extractor(model, "fc7") is again  # shared weights: nothing to rebuild
     check(again)
+
+
+def _crops(folder, size):
+    """The evaluation pipeline's centre crops of ``folder`` at ``size``."""
+    from alexkit.data import make_dataset
+
+    dataset = make_dataset(_spec(folder), training=False, image_size=size, batch_size=64)
+    return np.concatenate([x.numpy() for x, _ in dataset])
+
+
+def test_a_tiny_body_of_any_input_size_is_fed_its_own_99_pixels(tmp_path):
+    """A body built for any input size reads at its variant's size (tiny: 99, pool5
+    2×2×32), not at a fixed 227 (pool5 6×6×32)."""
+    from alexkit.extract import extract_arrays, extract_features
+    from alexkit.model import build_alexnet
+
+    data = tmp_path / "data"
+    write_class_images(data, ["a", "b"], 2, size=(120, 110))
+    body = build_alexnet("tiny", include_top=False, input_shape=(None, None, 3), seed=0)
+    assert body.input_shape[1] is None
+    want = body.predict(_crops(data, 99), verbose=0).reshape(4, -1)
+    assert want.shape == (4, 2 * 2 * 32)
+    _, _, feats = extract_arrays(body, _spec(data), layer="pool5")
+    np.testing.assert_allclose(feats, want, rtol=1e-5, atol=1e-5)
+    result = extract_features(body, _spec(data), tmp_path / "f.npy", layer="pool5")
+    assert result.dim == 128 and result.rows == 4

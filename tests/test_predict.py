@@ -51,3 +51,24 @@ def test_predict_images_equals_model_and_skips_unreadable(tmp_path):
     assert result.items == items
     np.testing.assert_allclose(result.probs, model.predict(x, verbose=0), atol=2e-6)
     assert [p.rsplit("/", 1)[1] for p, _ in result.skipped] == ["zz_broken.jpg"]
+
+
+def test_a_classifier_of_any_input_size_predicts_at_its_variants_size(tmp_path):
+    """A tiny body of any input size under a pooled head: read at 99 (its variant's
+    size), not 227: the probabilities equal the model on the pipeline's 99-pixel crops."""
+    import keras
+
+    from alexkit.data import load_spec, make_dataset
+    from alexkit.model import build_alexnet
+
+    names = ["a", "b", "c"]
+    write_class_images(tmp_path / "imgs", names, 1, size=(120, 110))
+    body = build_alexnet("tiny", include_top=False, input_shape=(None, None, 3), seed=0)
+    x = keras.layers.GlobalAveragePooling2D()(body.output)
+    model = keras.Model(body.inputs, keras.layers.Dense(3, activation="softmax")(x))
+    spec = load_spec(str(tmp_path / "imgs"), val_fraction=0)
+    crops = np.concatenate(
+        [x.numpy() for x, _ in make_dataset(spec, training=False, image_size=99, batch_size=8)]
+    )
+    result = predict_images(model, names, [tmp_path / "imgs"])
+    np.testing.assert_allclose(result.probs, model.predict(crops, verbose=0), atol=2e-6)

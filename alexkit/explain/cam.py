@@ -71,7 +71,10 @@ class Explainer:
             )
         self.split = keras.Model(model.inputs, [target.output, logits], name=f"{model.name}_cam")
         self.logit_model = keras.Model(model.inputs, logits, name=f"{model.name}_logits")
-        self.input_size = tuple(int(v) for v in model.input_shape[1:3])
+        from alexkit.loading import input_size_of
+
+        side = input_size_of(model)  # a model of any input size: its variant's
+        self.input_size = tuple(int(v or side) for v in model.input_shape[1:3])
         self.num_classes = int(model.output_shape[-1])
         self._cam = None
         self._logits = None
@@ -189,7 +192,8 @@ def gradcam(
         layer: the convolutional layer (``conv5``: 13×13 for AlexNet).
         method: ``"gradcam"`` or ``"gradcam++"``.
         explainer: a reusable :class:`Explainer` (saves re-tracing across batches).
-        resize: upsample to the input size (else the layer's resolution).
+        resize: upsample to the images' size (the model's input size; else the layer's
+            resolution).
 
     Returns:
         ``(maps (B, H, W) float32 ≥ 0 in logit units, probabilities (B, C), targets (B,))``.
@@ -197,5 +201,5 @@ def gradcam(
     explainer = explainer or Explainer(model, layer)
     cam, logits, chosen = explainer.gradients(images, targets, method=method)
     if resize:
-        cam = upsample(cam, explainer.input_size)
+        cam = upsample(cam, tuple(int(v) for v in np.shape(images)[1:3]))
     return cam, _softmax(logits), chosen

@@ -164,7 +164,9 @@ def export_model(
     src = load_source(source, weights=weights, variant=variant, class_names=class_names)
     temperature, calibration = _temperature(src)
     model = serving_model(src.model, temperature)
-    size = int(model.input_shape[1] or src.config.get("image_size") or 227)
+    from alexkit.loading import input_size_of
+
+    size = int(model.input_shape[1] or src.config.get("image_size") or input_size_of(model))
 
     say(f"converting to {format}" + (f" ({quantize})" if quantize != "none" else ""))
     ops, lrn_ops = _convert_checked(model, format, path, quantize, _input_spec(size, fixed_batch))
