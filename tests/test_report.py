@@ -261,8 +261,17 @@ PRECISIONS = {
         {
             "precision": {"requested": None, "policy": "float32", "reason": "as the model is"},
             "trained_precision": None,
+            "probe": "svm",  # as run_probe records a probe
+            "C": 0.5,
+            "layer": "fc7",
+            "train": "data/train",
+            "train_samples": 16,
         },
-        ["precision: evaluated in float32 (as the model is)", "precision: trained in not recorded"],
+        [
+            "precision: evaluated in float32 (as the model is)",
+            "precision: trained in not recorded",
+            "linear probe svm (C = 0.5) on fc7 features of data/train (16 items)",
+        ],
     ),
 }
 
