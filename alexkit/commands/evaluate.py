@@ -14,9 +14,9 @@ from alexkit.precision import DEFAULT_PRECISION, PRECISION_ENV
 
 LAYER_HELP = "Layer to read: fc7, fc6, pool5, conv5 or any layer name."
 PRECISION_HELP = (
-    f"float32 | mixed_bfloat16 | auto (bfloat16 where the CPU has AMX or AVX512-BF16 or the "
-    f"GPU has compute capability >= 8.0, else float32). Default: ${PRECISION_ENV} if set, "
-    f"else {DEFAULT_PRECISION}."
+    "float32 | mixed_bfloat16 | mixed_float16 | auto (bfloat16 where the CPU has AMX or "
+    "AVX512-BF16 or the GPU has compute capability >= 8.0, else float32). "
+    f"Default: ${PRECISION_ENV} if set, else {DEFAULT_PRECISION}."
 )
 
 
