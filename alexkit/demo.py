@@ -263,7 +263,7 @@ def _run_demo(
     # same seed), so the difference is what pretraining contributed.
     init = _scratch_init(out, seed)
     _say(progress, f"Pretraining AlexNet on digits 0-4 ({size.source_per_class} per digit)")
-    pre = _pretrain(source_csv, out, size, seed, policy, train_progress)
+    pre = _pretrain(source_csv, out, size, seed, policy, train_progress, keep_checkpoints != 0)
     artefacts["pretrained model"] = pre.model_path
     pretrain = {
         "precision": policy,
@@ -286,9 +286,8 @@ def _run_demo(
             artefacts["fc7 features"] = _extract_fc7(model, test_spec, config, out, size)
     if keep_checkpoints == 0:
         # Intermediates nobody opens: the untrained init and pretraining's last epoch
-        # (its best model stays). ~230 MB each.
+        # (never written then: see _pretrain; its best model stays). ~230 MB.
         init.unlink(missing_ok=True)
-        (out / "pretrain" / "last.keras").unlink(missing_ok=True)
 
     result = DemoResult(out=out, rows=rows, artefacts=artefacts, quick=quick, pretrain=pretrain)
     result.seconds = time.perf_counter() - t0
@@ -317,6 +316,7 @@ def _pretrain(
     seed: int,
     policy: str,
     train_progress: Callable | None,
+    keep_last: bool,
 ) -> Any:
     """Pretrain on the source digits (validated on their ``val`` rows); returns the run."""
     from alexkit import train
@@ -336,6 +336,8 @@ def _pretrain(
         out=out / "pretrain",
         seed=seed,
         register=False,
+        # The demo uses the best model; the last epoch's (~230 MB) only with checkpoints.
+        save_last=keep_last,
         progress=train_progress,
     )
 

@@ -85,6 +85,7 @@ def pretrain(
     ten_crop: bool = False,
     init: str | None = None,
     register: bool = True,
+    save_last: bool = True,
     progress: ProgressFn | None = None,
 ) -> RunResult:
     """Train AlexNet from scratch the 2012 paper's way (ImageNet or any labelled set).
@@ -122,6 +123,8 @@ def pretrain(
         init: ``"paper"`` (N(0, 0.01), default) or ``"he"`` (trains faster from scratch
             on small data).
         register: register the best model in the weights store.
+        save_last: also write ``last.keras`` (the model after the last epoch, beside the
+            best ``model.keras``); False saves its write where only the best is wanted.
         progress: event callback (never prints).
 
     Returns:
@@ -158,7 +161,8 @@ def pretrain(
         result = _pretrain_run(
             run, home, worker, strategy, resolved, args, data_path,
             resume=resume, force=force, jit=jit, checkpoint_every=checkpoint_every,
-            ten_crop=ten_crop, register=register, name=name, progress=progress, t0=t0,
+            ten_crop=ten_crop, register=register, save_last=save_last, name=name,
+            progress=progress, t0=t0,
         )  # fmt: skip
     return result
 
@@ -291,6 +295,7 @@ def _pretrain_run(
     checkpoint_every: int | None,
     ten_crop: bool,
     register: bool,
+    save_last: bool,
     name: str | None,
     progress: ProgressFn | None,
     t0: float,
@@ -346,7 +351,7 @@ def _pretrain_run(
             progress=progress,
             strategy=strategy,
             resume=resume,
-            save_last=True,
+            save_last=save_last,
             restore_dir=home.checkpoint_dir if worker else None,
             writes=not worker,
         )
