@@ -1,12 +1,19 @@
-"""`alexkit demo --quick`: the newcomer's path, end to end, at CI size."""
+"""`alexkit demo --quick`: the newcomer's path, end to end, at CI size; and it leaves what
+a person looks at, and no checkpoints.
+
+The quick demo trains AlexNet three times (~35 s on 2 cores) and every test here only
+reads what it left: it runs once, and its tests sit in this one file so that
+``pytest -n 2 --dist loadfile`` cannot run it once on each worker.
+"""
 
 from __future__ import annotations
 
 import csv
 import json
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
-from demo_quick_run import quick_demo
 from typer.testing import CliRunner
 
 from alexkit.cli import app
@@ -14,9 +21,23 @@ from alexkit.demo import SIZES, write_manifests
 from alexkit.precision import POLICIES
 
 
-@pytest.fixture(scope="session")
+@dataclass(frozen=True)
+class QuickDemo:
+    """What ``alexkit demo --quick --json --quiet`` returned and where it wrote."""
+
+    out: Path
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    return quick_demo(tmp_path_factory)
+    """The session's quick demo (the CLI, as a newcomer runs it)."""
+    out = tmp_path_factory.mktemp("demo-quick") / "demo"
+    args = ["demo", "--quick", "--out", str(out), "--json", "--quiet"]
+    result = CliRunner().invoke(app, args)
+    return QuickDemo(out, result.exit_code, result.stdout, result.stderr)
 
 
 @pytest.mark.slow
@@ -86,3 +107,20 @@ def test_demo_manifests_are_disjoint_and_seeded(tmp_path):
     assert len(source["val"]) == size.source_val_per_class * 5
     assert not source["train"] & source["val"]
     assert {row["label"] for row in source_rows} == {"0", "1", "2", "3", "4"}
+
+
+@pytest.mark.slow
+def test_quick_demo_leaves_models_reports_and_features_only(quick_run):
+    out = quick_run.out
+    assert quick_run.exit_code == 0, quick_run.stderr[-3000:]
+    result = json.loads(quick_run.stdout)
+    assert {row["approach"] for row in result["results"]} == {"transfer", "scratch"}
+    assert not list(out.rglob("checkpoints"))  # keep_checkpoints=0: none written or left
+    assert not (out / "scratch-init.keras").exists()
+    assert not (out / "pretrain" / "last.keras").exists()
+    for run in ("pretrain", "finetune-transfer", "finetune-scratch"):
+        assert (out / run / "model.keras").is_file()  # written once, at the end
+        assert (out / run / "history.csv").is_file()
+    assert (out / "features-fc7.csv").is_file()
+    summary = json.loads((out / "summary.json").read_text())
+    assert {row["approach"] for row in summary["results"]} == {"transfer", "scratch"}
