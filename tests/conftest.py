@@ -9,6 +9,52 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import pytest
 
+# Longest files first (CPU-seconds on 2 cores, measured 2026-11-30). `pytest -n 2 --dist
+# loadfile` hands whole files to whichever worker is free, in collection order; xdist's
+# default reorder (most tests first) put these few-test, long files last, and one worker
+# ran them alone for a minute and a half at the end. Longest-first keeps both busy to the
+# end. Files not listed keep their order, after these.
+LONGEST_FILES_FIRST = (
+    "train/test_distribute_pretrain.py",  # ~75 s: eight TensorFlow processes
+    "test_examples.py",  # ~55 s: the example workflows in bash
+    "test_jax_backend.py",  # ~45 s: AlexNet under JAX in a subprocess
+    "test_export.py",  # ~40 s
+    "train/test_feature_cache.py",
+    "train/test_resume.py",
+    "train/test_lean_checkpoints.py",
+    "test_demo.py",  # ~30 s: the quick demo
+    "train/test_pretrain.py",
+    "data/test_data.py",
+    "weights/test_weights.py",
+    "test_evaluate_cli.py",
+    "test_explain.py",
+    "test_model.py",
+    "test_distribute.py",
+    "train/test_finetune_precision.py",
+    "train/test_finetune.py",
+    "train/test_engine.py",
+    "test_report.py",
+    "test_precision_commands.py",
+    "test_crossval.py",
+    "weights/test_weights_cli.py",
+    "test_extract.py",
+)
+
+
+def pytest_configure(config):
+    if hasattr(config.option, "loadscopereorder"):  # pytest-xdist: keep the order below
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config, items):
+    tests = os.path.dirname(os.path.abspath(__file__))
+    rank = {name: i for i, name in enumerate(LONGEST_FILES_FIRST)}
+
+    def file_rank(item):
+        return rank.get(os.path.relpath(str(item.path), tests), len(rank))
+
+    items.sort(key=file_rank)  # stable: tests keep their order within a file
+
 
 @pytest.fixture(autouse=True, scope="module")
 def release_models_between_modules():

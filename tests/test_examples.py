@@ -7,9 +7,9 @@ commands the recipe's full-size AlexNet would, in seconds instead of a minute an
 model files a run: what these tests guard is the workflows (arguments, layouts, the order
 of the steps, the files they leave), not AlexNet. That the default workflow trains the
 recipe itself (its own variant) is checked with a stand-in ``alexkit`` that records its
-arguments. The four scripts and ``features_sklearn.py --quick`` are started by one
-module-scoped fixture, two at a time: most of each run is process start-up (TensorFlow
-import), which overlaps well.
+arguments. The selected scripts (two by default, four with ``-m heavy``) and
+``features_sklearn.py --quick`` are started by one module-scoped fixture, two at a time:
+most of each run is process start-up (TensorFlow import), which overlaps well.
 """
 
 from __future__ import annotations
@@ -121,8 +121,19 @@ def example_runs(request, tmp_path_factory):
     shutil.rmtree(base, ignore_errors=True)
 
 
+# Every run: the folder layout with a grayscale 2012-layout recipe (xray) and the
+# holdout-CSV layout with the torchvision recipe (satellite). plants (holdout CSV, as
+# satellite) and autism (train/valid/test folders, as xray plus --val) are the same
+# commands on other layouts: opt-in with `pytest -m heavy` (~45 CPU-s, most of it
+# starting TensorFlow in eight more processes). Their argument flow runs every time in
+# test_workflow_without_variant_trains_the_recipe_itself below.
+EVERY_RUN = ("xray", "satellite")
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", SCRIPTS)
+@pytest.mark.parametrize(
+    "name", [n if n in EVERY_RUN else pytest.param(n, marks=pytest.mark.heavy) for n in SCRIPTS]
+)
 def test_workflow_runs_end_to_end(example_runs, name):
     result, out = example_runs[name]
     assert result.returncode == 0, f"{name}.sh failed:\n{result.stderr[-3000:]}"

@@ -3,10 +3,10 @@
 Most tests export a narrow AlexNet built here from alexkit's own layers with the public
 layer names (Preprocess, 11x11/4 conv1, LRN, grouped convs, 3x3/2 pools, flatten, fc6,
 fc7, dropout, softmax ``predictions``) at each variant's input size: every op the real
-network has, ~100x fewer parameters, so converters run in seconds. The slow tests export
-the real 57M-parameter networks. Oracles: the Keras model's own predictions on images
-the export never saw, onnx.checker, LiteRT's op list, and numpy's softmax for the
-temperature.
+network has, ~100x fewer parameters, so converters run in seconds. The opt-in heavy
+tests (``pytest -m heavy``) export the real 57M-parameter networks. Oracles: the Keras
+model's own predictions on images the export never saw, onnx.checker, LiteRT's op list,
+and numpy's softmax for the temperature.
 """
 
 from __future__ import annotations
@@ -501,13 +501,12 @@ def real_runs(tmp_path_factory):
 # The full 57M-parameter network, each export in its own process: TensorFlow keeps every
 # conversion's frozen graph for the life of a process (one process doing all six grew past
 # 20 GB and was killed), so in-process exports would starve the rest of the suite.
-# ONNX of the full network is the slow part (~50 s a variant on 2 idle cores, 2 min busy:
-# tf2onnx copies the 230 MB of constants between passes): opt-in with `pytest -m heavy`;
-# the narrow AlexNet above checks ONNX parity for both variants in every run.
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    "fmt", [f if f != "onnx" else pytest.param(f, marks=pytest.mark.heavy) for f in FORMATS]
-)
+# Each conversion of the full network takes 10-60 s of a 2-core machine (ONNX the most:
+# tf2onnx copies the 230 MB of constants between passes), ~2 minutes in all: opt-in with
+# `pytest -m heavy` (README, "Tests"). The narrow AlexNet above has every op of both
+# variants and checks parity in every format in every run; these add the full size.
+@pytest.mark.heavy
+@pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("variant", ["original", "torchvision"])
 def test_real_alexnet_exports_match_keras(real_runs, tmp_path, variant, fmt):
     import subprocess
