@@ -6,18 +6,32 @@ it times one compiled TensorFlow graph (``tf.function``, as Keras ``fit`` runs w
 XLA) computing the layer's output and the gradient of ``sum(output * w)`` with respect to
 the input, reduced to a scalar so that no 74 MB tensor is copied out of the graph.
 
-``old`` is the formulation this project used before (kept here verbatim for comparison):
-the window sum as one dense C×C banded matmul, float32 throughout (casts in and out under
-bfloat16), gradient by automatic differentiation. ``new`` is
-``alexkit.layers.LocalResponseNormalization``. Rows report the minimum and median of
-``--reps`` timed runs after one warm-up, old and new alternating; on a shared machine the
-minimum is the least disturbed, and ``speedup`` (old / new, same run) is the number to
-compare.
+Columns:
+
+- ``old``: the formulation this project used first (kept here verbatim): the window sum
+  as one dense C×C banded matmul, float32 throughout (casts in and out under bfloat16),
+  gradient by automatic differentiation.
+- ``loop_free``: ``alexkit.layers.LocalResponseNormalization`` called with
+  ``training=False``: whole-tensor ops, the hand-written gradient (the path for
+  inference, exports, JAX and GPUs; it was also the training path before the per-image
+  loop).
+- ``new``: the layer called with ``training=True``, as Keras ``fit`` calls it: on
+  TensorFlow's CPU kernels it runs one image at a time (forward, and backward with the
+  forward recomputed), so every intermediate stays in cache.
+- ``torch``: ``torch.nn.functional.local_response_norm`` (same constants, alpha × n)
+  forward + backward in a child process, channels-first as PyTorch lays out images. It
+  has no bfloat16 CPU kernel (``avg_pool3d``); the bfloat16 row times it under
+  ``torch.autocast("cpu", torch.bfloat16)``, which leaves it in float32.
+
+Rows report the minimum and median of ``--reps`` timed runs after one warm-up, the
+columns alternating; on a shared machine the minimum is the least disturbed, and
+``speedup`` (old / new, same run) is the number to compare. ``cpu_ms_min`` is the
+process's CPU time (all threads) of the fastest run.
 
 Usage::
 
     python benchmarks/lrn.py                     # both shapes, float32 and bfloat16
-    python benchmarks/lrn.py --shapes 64x55x55x96 --dtypes float32 --reps 5
+    python benchmarks/lrn.py --shapes 64x55x55x96 --dtypes float32 --reps 5 --no-torch
 """
 
 from __future__ import annotations
@@ -26,6 +40,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 
@@ -76,18 +91,73 @@ def time_fwd_bwd(
 
     steps = {name: make_step(fn) for name, fn in fns.items()}
     times: dict[str, list[float]] = {name: [] for name in steps}
+    cpu: dict[str, list[float]] = {name: [] for name in steps}
     for i in range(reps):
         for name in list(steps)[:: 1 if i % 2 == 0 else -1]:
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             steps[name](x).numpy()
             times[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
     return {
         name: {
             "ms_min": round(min(t) * 1e3, 1),
             "ms_median": round(statistics.median(t) * 1e3, 1),
+            # CPU time of this process (all its threads): less hostage to other
+            # processes than wall time on a shared machine.
+            "cpu_ms_min": round(min(cpu[name]) * 1e3, 1),
         }
         for name, t in times.items()
     }
+
+
+def time_torch(shape: tuple[int, ...], dtype: str, reps: int) -> dict:
+    """PyTorch's LRN forward + backward on the same NHWC shape (run in a child process)."""
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    n, h, w, c = shape
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.rand(n, c, h, w, generator=gen) * 60).requires_grad_()
+    weights = torch.randn(n, c, h, w, generator=gen)
+    bf16 = dtype == "bfloat16"
+
+    def step() -> float:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            # PyTorch divides alpha by the window size n = 5 (Caffe's convention).
+            y = torch.nn.functional.local_response_norm(x, 5, alpha=5e-4, beta=0.75, k=2.0)
+            loss = (y.float() * weights).sum()
+        (grad,) = torch.autograd.grad(loss, x)
+        return float(grad.sum())
+
+    step()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return {
+        "ms_min": round(min(times) * 1e3, 1),
+        "ms_median": round(statistics.median(times) * 1e3, 1),
+        "torch": torch.__version__,
+        "mode": "autocast bfloat16 (LRN runs in float32)" if bf16 else "float32",
+    }
+
+
+def _torch_row(shape: tuple[int, ...], dtype: str, reps: int) -> dict:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return {"error": "torch is not installed"}
+    proc = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--torch-child", json.dumps([shape, dtype])]
+        + ["--reps", str(reps)],
+        capture_output=True,
+        text=True,
+    )
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT ") :])
+    return {"error": " | ".join(proc.stderr.strip().splitlines()[-2:])}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,7 +171,13 @@ def main(argv: list[str] | None = None) -> int:
         default="off",
         help="also/only time under XLA (jit_compile=True), which fuses the elementwise ops",
     )
+    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch column")
+    parser.add_argument("--torch-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.torch_child:
+        shape, dtype = json.loads(args.torch_child)
+        print("RESULT " + json.dumps(time_torch(tuple(shape), dtype, args.reps)), flush=True)
+        return 0
 
     import keras
     import tensorflow as tf
@@ -119,20 +195,27 @@ def main(argv: list[str] | None = None) -> int:
             policy = "mixed_bfloat16" if dtype == "bfloat16" else "float32"
             layer = LocalResponseNormalization(dtype=policy)
             layer.build(shape)
+            fns = {
+                "old": old_lrn,
+                "loop_free": lambda x, layer=layer: layer(x, training=False),
+                "new": lambda x, layer=layer: layer(x, training=True),
+            }
+            torch_row = None if args.no_torch else _torch_row(shape, dtype, args.reps)
             for xla in xla_modes:
-                timed = time_fwd_bwd({"old": old_lrn, "new": layer}, shape, dtype, args.reps, xla)
+                timed = time_fwd_bwd(fns, shape, dtype, args.reps, xla)
                 old, new = timed["old"], timed["new"]
-                rows.append(
-                    {
-                        "shape": "x".join(map(str, shape)),
-                        "dtype": dtype,
-                        "xla": xla,
-                        "old": old,
-                        "new": new,
-                        "speedup_min": round(old["ms_min"] / new["ms_min"], 2),
-                        "speedup_median": round(old["ms_median"] / new["ms_median"], 2),
-                    }
+                row = {"shape": "x".join(map(str, shape)), "dtype": dtype, "xla": xla}
+                row.update(timed)
+                row.update(
+                    speedup_min=round(old["ms_min"] / new["ms_min"], 2),
+                    speedup_median=round(old["ms_median"] / new["ms_median"], 2),
+                    speedup_vs_loop_free_min=round(timed["loop_free"]["ms_min"] / new["ms_min"], 2),
                 )
+                if torch_row is not None:
+                    row["torch"] = torch_row
+                    if "ms_min" in torch_row:
+                        row["speedup_vs_torch_min"] = round(torch_row["ms_min"] / new["ms_min"], 2)
+                rows.append(row)
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     report = {
         "benchmark": "lrn_forward_backward",
@@ -142,7 +225,11 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_1m": round(os.getloadavg()[0], 2),
         "goal_ms": 50,
         "rows": rows,
-        "note": "ms of one forward + backward; old = dense banded matmul + autodiff in fp32",
+        "note": (
+            "ms of one forward + backward; old = dense banded matmul + autodiff in fp32; "
+            "loop_free = the layer with training=False; new = training=True (per image on "
+            "TensorFlow CPUs); shared machine: compare ratios within a row"
+        ),
     }
     print(json.dumps(report, indent=2))
     return 0
