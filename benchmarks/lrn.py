@@ -18,6 +18,8 @@ Columns:
 - ``new``: the layer called with ``training=True``, as Keras ``fit`` calls it: on
   TensorFlow's CPU kernels it runs one image at a time (forward, and backward with the
   forward recomputed), so every intermediate stays in cache.
+- ``harness``: the identity in the same graph: the cost of the loss, its gradient and
+  the reductions around the layer (subtract it for the layer's own time).
 - ``torch``: ``torch.nn.functional.local_response_norm`` (same constants, alpha × n)
   forward + backward in a child process, channels-first as PyTorch lays out images. It
   has no bfloat16 CPU kernel (``avg_pool3d``); the bfloat16 row times it under
@@ -196,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             layer = LocalResponseNormalization(dtype=policy)
             layer.build(shape)
             fns = {
+                "harness": lambda x: x,
                 "old": old_lrn,
                 "loop_free": lambda x, layer=layer: layer(x, training=False),
                 "new": lambda x, layer=layer: layer(x, training=True),

@@ -171,6 +171,14 @@ def test_lrn_training_graph_loops_over_images_and_inference_graph_does_not(chann
         np.testing.assert_allclose(g.numpy(), g_ref, rtol=1e-5, atol=1e-5 * np.abs(g_ref).max())
 
 
+def test_lrn_trains_loop_free_in_bfloat16():
+    """bfloat16 kernels are bound by arithmetic: per-image loops measured slower there."""
+    layer = LocalResponseNormalization(dtype="mixed_bfloat16")
+    step = tf.function(lambda x: layer(x, training=True))
+    graph = step.get_concrete_function(tf.TensorSpec((None, 3, 4, 96), "bfloat16")).graph
+    assert not [op for op in graph.get_operations() if op.type in ("While", "StatelessWhile")]
+
+
 def test_lrn_blocked_window_sum_equals_dense_band():
     """The blocked window sum (C >= 128) equals a plain numpy sum over the window."""
     layer = LocalResponseNormalization(depth_radius=2, alpha=1.0)
