@@ -25,7 +25,7 @@ def summary(
     Example: [bold]alexkit model summary --variant original --classes 2 --json[/]
     """
     from alexkit.errors import UsageError
-    from alexkit.model import VARIANTS
+    from alexkit.variants import VARIANTS
 
     if variant not in VARIANTS:
         raise UsageError(

@@ -288,7 +288,7 @@ def _specs(
 
 
 def _data_plan(rec: Recipe, variant: str, train_spec: Any, val_spec: Any) -> DataPlan:
-    from alexkit.model import VARIANTS
+    from alexkit.variants import VARIANTS
 
     return DataPlan(
         train=train_spec,

@@ -165,7 +165,7 @@ def digits_path() -> Path:
 
 def preprocessing(variant: str, plan: DataPlan) -> dict[str, Any]:
     """The ``preprocessing`` block of ``config.json``: how a saved model expects its input."""
-    from alexkit.model import VARIANTS
+    from alexkit.variants import VARIANTS
 
     v = VARIANTS[variant]
     aug = plan.augment

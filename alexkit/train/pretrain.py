@@ -182,7 +182,7 @@ def _choose_precision(args: dict[str, Any], progress: ProgressFn | None) -> None
 def _resolve_options(args: dict[str, Any]) -> dict[str, Any]:
     """Options given, else the paper's defaults; each one checked."""
     from alexkit.distribute import STRATEGIES
-    from alexkit.model import VARIANTS
+    from alexkit.variants import VARIANTS
 
     resolved = {
         k: (DEFAULTS[k] if args.get(k) is None and k in DEFAULTS else args.get(k))
@@ -303,7 +303,8 @@ def _pretrain_run(
     """The part of :func:`pretrain` after the run directory is settled."""
     import keras
 
-    from alexkit.model import VARIANTS, build_alexnet
+    from alexkit.model import build_alexnet
+    from alexkit.variants import VARIANTS
 
     seed, variant = int(resolved["seed"]), resolved["variant"]
     seed_everything(seed)

@@ -419,7 +419,8 @@ def test_cli_recipes_errors_are_one_line_exit_2(tmp_path):
 
 @pytest.mark.slow
 def test_one_recipe_per_variant_builds_its_classifier():
-    from alexkit.model import VARIANTS, build_alexnet, freeze, replace_head
+    from alexkit.model import build_alexnet, freeze, replace_head
+    from alexkit.variants import VARIANTS
 
     assert {v: VARIANTS[v]["image_size"] for v in VARIANTS} == VARIANT_IMAGE_SIZE
     for name in ("xray", "satellite"):  # original, torchvision

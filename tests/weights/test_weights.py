@@ -554,7 +554,7 @@ def keras_logits(model, images):
 
 @pytest.mark.slow
 def test_bvlc_import_matches_caffe_reference(tmp_path):
-    from alexkit.model import VARIANTS
+    from alexkit.variants import VARIANTS
 
     rng = np.random.default_rng(0)
     net = _synthetic_bvlc(rng)

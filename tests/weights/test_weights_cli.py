@@ -131,7 +131,7 @@ def test_torchvision_import_matches_torch_logits(tmp_path):
     torch = pytest.importorskip("torch")
     from test_weights import keras_logits
 
-    from alexkit.model import VARIANTS
+    from alexkit.variants import VARIANTS
 
     torch.manual_seed(0)
     net = torchvision_alexnet().eval()
