@@ -102,11 +102,17 @@ def test_evaluate_saves_the_choice_in_metrics_json(run_and_data, runner, tmp_pat
     assert plain["num_samples"] == on_disk["num_samples"] == 10
 
 
-def test_evaluate_probe_refuses_a_precision(run_and_data, runner, tmp_path):
+def test_evaluate_probe_computes_the_features_in_the_asked_precision(run_and_data, runner):
+    """``evaluate --probe`` as ``probe``: the features in the asked precision, saved."""
     run, data = run_and_data
     args = ["evaluate", str(run), "--data", str(data), "--probe", "logreg", "--train", str(data)]
-    result = runner.invoke(app, [*args, "--precision", "mixed_bfloat16"])
-    assert result.exit_code == 2 and "not to --probe" in result.stderr
+    meta = {}
+    for policy in ("float32", "mixed_bfloat16"):
+        result = invoke(runner, [*args, "--precision", policy, "--json", "--n-boot", "0"])
+        assert said(result) == [f"precision {policy} (asked for)"]
+        meta[policy] = json.loads(result.stdout)["meta"]
+        assert meta[policy]["precision"]["policy"] == policy
+    assert meta["float32"]["trained_precision"] == meta["mixed_bfloat16"]["trained_precision"]
 
 
 def test_extract_bf16_features_follow_float32(run_and_data, runner, tmp_path):

@@ -287,11 +287,7 @@ def evaluate(
     from alexkit.errors import UsageError
 
     check_interval_options(ci_level, n_boot)
-    if probe is None:
-        chosen = choose_and_show_precision(precision, model)
-    elif precision is not None:
-        raise UsageError("--precision applies to the trained model, not to --probe.")
-
+    chosen = choose_and_show_precision(precision, model)  # the model, or the probe's features
     if explain and (out is None or probe is not None):
         raise UsageError(
             "--explain draws Grad-CAM overlays into report.html: it needs --out DIR "
@@ -317,6 +313,7 @@ def evaluate(
             seed=seed,
             ci_level=ci_level,
             n_boot=n_boot,
+            precision=chosen,
         )
         report.meta["model"] = model
         report.meta["trained_precision"] = trained_precision(config)
