@@ -38,24 +38,19 @@ class LocalResponseNormalization(keras.layers.Layer):
 
     - The window sum is a product with a banded matrix, one fast matmul on every backend
       (shifted adds, cumulative sums, pooling and 1-channel convolutions over the channel
-      axis all measured slower on TensorFlow's CPU kernels), written as a 2-D matmul plus
-      a per-channel ``k`` so that oneDNN fuses the addition into it. With 128 or more
-      channels it runs per block of 32 channels plus a 2r-channel halo: 36 multiply-adds
-      per element instead of C (256 for ``lrn2``). (For conv1's 96 channels the halo's
-      slicing cost as much as the multiply-adds it saved.)
+      axis all measured slower on TensorFlow's CPU kernels). With 128 or more channels it
+      runs per block of 32 channels plus a 2r-channel halo: 36 multiply-adds per element
+      instead of C (256 for ``lrn2``); for conv1's 96 channels the halo's slicing costs
+      as much as the multiply-adds it saves.
     - The gradient is written by hand, ``dx = g * s**-beta - 2 alpha beta * x *
-      window_sum(g * y / s)``: about half the elementwise passes of automatic
-      differentiation through the forward.
-    - Training in float32 (``training=True``, as Keras ``fit`` calls it) on TensorFlow's
-      CPU kernels runs one image at a time (``keras.ops.map``), forward and backward,
-      the backward recomputing ``s`` per image instead of keeping it: there every op is
-      a separate pass over the whole tensor (74 MB for ``lrn1`` at batch 64, far past
-      any cache), and per image (1.2 MB) the ~20 passes stay in the CPU's caches
-      (forward + backward 1.1-1.2x faster on a 2-core EPYC). bfloat16 (whose
-      TensorFlow kernels are bound by arithmetic, not memory), inference, other
-      backends and GPUs (whose compilers fuse the elementwise chain) run the whole
-      tensor at once and keep ``s``, ``s**-beta`` and ``y`` for the backward; a
-      loop-free inference graph also exports to plain ONNX / TFLite operators.
+      window_sum(g * y / s)``, reusing the forward's ``s``, ``s**-beta`` and ``y``: about
+      half the elementwise passes of automatic differentiation through the forward.
+    - Not done, measured on a 2-core EPYC: running it one image at a time
+      (``keras.ops.map``, the backward recomputing ``s``) so that the ~20 elementwise
+      passes over lrn1's 74 MB stay in cache was 1.17x faster alone in float32 but 2 %
+      slower inside a training step, and 1.1-1.4x slower in bfloat16; ``pow`` for
+      ``s**-0.75`` was 2x slower; adding ``k`` inside the matmul (oneDNN's fused bias)
+      made no difference.
     - Under ``mixed_bfloat16`` it computes in bfloat16 (same exponent range as float32,
       no casts, half the memory traffic). Its five bfloat16 roundings put the result
       within 2 % of float32 math on the same input (typically 0.2 %; measured at most
@@ -125,30 +120,21 @@ class LocalResponseNormalization(keras.layers.Layer):
         self._band_backward = _band(rows, self._block, halo, radius, -2.0 * self.alpha * self.beta)
         self.built = True
 
-    def _window_sum(self, values, band: np.ndarray, bias: float | None = None):
-        """``sum_{|j-i|<=r} band * values_j (+ bias)`` over the last axis (band carries the scale).
-
-        Written as a 2-D matmul followed by a per-channel bias, the pattern TensorFlow's
-        oneDNN remapper fuses into one call (adding ``k`` costs no pass of its own).
-        """
+    def _window_sum(self, values, band: np.ndarray):
+        """``sum_{|j-i|<=r} band * values_j`` over the last axis (band carries the scale)."""
         band = ops.cast(band, values.dtype)
-        shape = ops.shape(values)
         channels = values.shape[-1]
         block, radius = self._block, self.depth_radius
         if block == channels:
-            rows = ops.reshape(values, (-1, channels))
-        else:
-            # Blocks of `block` channels, each widened by the r channels on either side
-            # (zeros past the ends), so one small banded matmul per block does the sum.
-            blocks = ops.reshape(values, (-1, channels // block, block))
-            before = ops.pad(blocks[:, :-1, block - radius :], [[0, 0], [1, 0], [0, 0]])
-            after = ops.pad(blocks[:, 1:, :radius], [[0, 0], [0, 1], [0, 0]])
-            widened = ops.concatenate([before, blocks, after], axis=-1)
-            rows = ops.reshape(widened, (-1, block + 2 * radius))
-        sums = ops.matmul(rows, band)
-        if bias is not None:
-            sums = sums + ops.convert_to_tensor(np.full((block,), bias, "float32"), values.dtype)
-        return ops.reshape(sums, shape)
+            return ops.matmul(values, band)
+        # Blocks of `block` channels, each widened by the r channels on either side
+        # (zeros past the ends), so one small banded matmul per block does the whole sum.
+        shape = ops.shape(values)
+        blocks = ops.reshape(values, (-1, channels // block, block))
+        before = ops.pad(blocks[:, :-1, block - radius :], [[0, 0], [1, 0], [0, 0]])
+        after = ops.pad(blocks[:, 1:, :radius], [[0, 0], [0, 1], [0, 0]])
+        widened = ops.concatenate([before, blocks, after], axis=-1)
+        return ops.reshape(ops.matmul(widened, band), shape)
 
     def _inverse_power(self, scale):
         """``scale ** -beta``; the common exponents without pow(), which is slow on CPUs."""
@@ -162,44 +148,28 @@ class LocalResponseNormalization(keras.layers.Layer):
             return ops.reciprocal(scale)
         return ops.power(scale, -self.beta)
 
-    def _forward(self, x):
-        """``(scale, scale**-beta, y)`` of the formula, in ``x``'s dtype."""
-        scale = self._window_sum(ops.square(x), self._band_forward, self.bias)
-        inv = self._inverse_power(scale)
-        return scale, inv, x * inv
-
-    def _backward(self, x, g, scale, inv, y):
-        """``d sum(y * g) / dx``; the window is symmetric, so the same band spreads it."""
-        return g * inv + x * self._window_sum(g * y / scale, self._band_backward)
-
-    def call(self, inputs, training=None):
+    def call(self, inputs):
         # bfloat16 has float32's range: compute in it. float16 squares overflow: float32.
         out_dtype = keras.backend.standardize_dtype(inputs.dtype)
         compute = "bfloat16" if out_dtype == "bfloat16" else "float32"
-        per_image = bool(training) and _per_image_pays_off(compute)
 
         @ops.custom_gradient
         def lrn(x):
             x = ops.cast(x, compute)
-            if per_image:
-                y = _per_image(lambda xi: self._forward(xi)[2], x)
-            else:
-                scale, inv, y = self._forward(x)
+            scale = self._window_sum(ops.square(x), self._band_forward) + self.bias
+            inv = self._inverse_power(scale)
+            y = x * inv
 
             def grad(*args, upstream=None):
                 if upstream is None:
                     (upstream,) = args
                 g = ops.cast(upstream, compute)
-                # Named, so a profile tells the backward of lrn1 from lrn2's.
+                # Named, so a profile (benchmarks/profile_step.py) tells lrn1's backward
+                # from lrn2's. d y_i / d x_j summed over i: the window is symmetric, so
+                # the same band.
                 with keras.name_scope(f"{self.name}_grad"):
-                    if per_image:
-                        # Recompute the forward per image: cheaper than keeping it.
-                        dx = _per_image(
-                            lambda xi, gi: self._backward(xi, gi, *self._forward(xi)), x, g
-                        )
-                    else:
-                        dx = self._backward(x, g, scale, inv, y)
-                return ops.cast(dx, out_dtype)
+                    spread = self._window_sum(g * y / scale, self._band_backward)
+                    return ops.cast(g * inv + x * spread, out_dtype)
 
             return ops.cast(y, out_dtype), grad
 
@@ -219,39 +189,6 @@ class LocalResponseNormalization(keras.layers.Layer):
             }
         )
         return config
-
-
-def _per_image_pays_off(compute_dtype: str) -> bool:
-    """Whether to train LRN one image at a time: in float32 on TensorFlow's CPU kernels.
-
-    There each op reads and writes the whole tensor (74 MB for lrn1 at batch 64) from
-    main memory, and no compiler fuses them; per image the passes hit the caches
-    (lrn1 forward + backward 1.17x faster on a 2-core EPYC). TensorFlow's bfloat16
-    elementwise kernels are bound by arithmetic, not memory: there the loop and the
-    recomputed forward measured 1.1-1.4x slower. XLA (JAX, GPUs) fuses the elementwise
-    chain itself, and a sequential loop would only cost it.
-    """
-    if compute_dtype != "float32" or keras.backend.backend() != "tensorflow":
-        return False
-    return not keras.distribution.list_devices("gpu")
-
-
-def _per_image(fn, *tensors):
-    """``fn`` applied to each image (leading-axis entry) of ``tensors``, stacked again.
-
-    ``keras.ops.map`` over image indices, each step slicing its image out of the
-    tensors (no upfront copy of them into a list), so every intermediate of ``fn``
-    stays in the CPU's caches.
-    """
-    first = tensors[0]
-    shape = ops.shape(first)
-    size = (1, *shape[1:])
-    start = (0,) * (len(first.shape) - 1)
-
-    def one(i):
-        return fn(*(ops.slice(t, (i, *start), size) for t in tensors))
-
-    return ops.reshape(ops.map(one, ops.arange(shape[0])), shape)
 
 
 def _lrn_block_size(channels: int, radius: int) -> int:
