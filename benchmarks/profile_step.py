@@ -15,12 +15,20 @@ for a hand-written gradient's ops under ``<layer>_grad/``, as LRN names them; ``
 for the optimizer's update). Shares are of the summed op self time
 (``share_of_ops``) and of the measured wall time of the profiled steps
 (``share_of_step``); with two inter-op threads running ops at once the latter can add
-up to more than 1.
+up to more than 1, and a small op that waits for the thread pool while a convolution
+holds it looks longer than it is.
+
+``--ablate`` measures what a layer kind really costs a step instead: in one process it
+builds ``original``, a copy of it with the LRN layers replaced by ``keras.layers.Identity``
+(``keras.models.clone_model``), and ``torchvision``, then times their training steps in
+turn (so a change in the machine's load hits all three alike) and reports min / median
+step time and the ratios.
 
 Usage::
 
     python benchmarks/profile_step.py                          # bf16, both variants
     python benchmarks/profile_step.py --precision float32 --batch-size 32 --steps 2
+    python benchmarks/profile_step.py --ablate --ablate-steps 6   # + LRN's cost by ablation
 """
 
 from __future__ import annotations
@@ -77,6 +85,83 @@ def profile_variant(cfg: dict) -> dict:
             raise RuntimeError(f"the profiler wrote no .xplane.pb under {logdir}")
         ops = op_self_times(max(paths, key=os.path.getmtime), model.name)
     return {"wall_s": wall, "ops": ops}
+
+
+def ablate(cfg: dict) -> dict:
+    """Step times of original, original without LRN, torchvision (run in a child process)."""
+    import keras
+    import numpy as np
+
+    from alexkit.layers import LocalResponseNormalization
+    from alexkit.model import VARIANTS, build_alexnet
+    from alexkit.optim import PaperSGD
+
+    if cfg["precision"] == "bfloat16":
+        keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+
+    def without_lrn(layer):
+        if isinstance(layer, LocalResponseNormalization):
+            return keras.layers.Identity(name=layer.name)
+        return layer.__class__.from_config(layer.get_config())
+
+    original = build_alexnet("original", num_classes=1000, seed=0)
+    models = {
+        "original": original,
+        "original_without_lrn": keras.models.clone_model(original, clone_function=without_lrn),
+        "torchvision": build_alexnet("torchvision", num_classes=1000, seed=0),
+    }
+    rng = np.random.default_rng(0)
+    batch = cfg["batch_size"]
+    labels = keras.ops.convert_to_tensor(rng.integers(0, 1000, size=(batch,)).astype("int32"))
+    inputs = {}
+    for name, model in models.items():
+        model.compile(
+            optimizer=PaperSGD(learning_rate=0.01), loss="sparse_categorical_crossentropy"
+        )
+        size = VARIANTS["torchvision" if name == "torchvision" else "original"]["image_size"]
+        inputs[name] = keras.ops.convert_to_tensor(
+            rng.uniform(0, 255, size=(batch, size, size, 3)).astype("float32")
+        )
+        for _ in range(cfg["warmup"]):
+            model.train_on_batch(inputs[name], labels)
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for i in range(cfg["steps"]):
+        for name in list(models)[:: 1 if i % 2 == 0 else -1]:
+            start = time.perf_counter()
+            float(np.asarray(models[name].train_on_batch(inputs[name], labels)).reshape(-1)[0])
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def summarise_ablation(times: dict[str, list[float]]) -> dict:
+    """Min / median step seconds per model and the ratios that answer "what does LRN cost"."""
+    import statistics
+
+    rows = {
+        name: {"step_s_min": round(min(t), 3), "step_s_median": round(statistics.median(t), 3)}
+        for name, t in times.items()
+    }
+    best = {name: min(t) for name, t in times.items()}
+    rows["lrn_share_of_original_step"] = round(
+        1 - best["original_without_lrn"] / best["original"], 3
+    )
+    rows["original_over_torchvision"] = round(best["original"] / best["torchvision"], 3)
+    rows["original_without_lrn_over_torchvision"] = round(
+        best["original_without_lrn"] / best["torchvision"], 3
+    )
+    return rows
+
+
+def _run_child(cfg: dict) -> dict:
+    proc = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--child", json.dumps(cfg)],
+        capture_output=True,
+        text=True,
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if not lines:
+        return {"error": " | ".join(proc.stderr.strip().splitlines()[-3:])}
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def op_self_times(path: str, model_name: str) -> list[dict]:
@@ -186,16 +271,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=3, help="profiled steps")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--top", type=int, default=15)
+    parser.add_argument(
+        "--ablate", action="store_true", help="also time original without LRN (see above)"
+    )
+    parser.add_argument("--ablate-steps", type=int, default=6, help="timed steps per model")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print("RESULT " + json.dumps(profile_variant(json.loads(args.child))), flush=True)
+        cfg = json.loads(args.child)
+        result = ablate(cfg) if cfg.get("kind") == "ablate" else profile_variant(cfg)
+        print("RESULT " + json.dumps(result), flush=True)
         return 0
 
     from alexkit.precision import read_cpu_info
 
     variants = {}
-    for variant in args.variants.split(","):
+    for variant in filter(None, args.variants.split(",")):
         cfg = {
             "variant": variant,
             "precision": args.precision,
@@ -203,21 +294,26 @@ def main(argv: list[str] | None = None) -> int:
             "steps": args.steps,
             "warmup": args.warmup,
         }
-        # One process per variant: the mixed-precision policy is global.
-        proc = subprocess.run(
-            [sys.executable, os.path.abspath(__file__), "--child", json.dumps(cfg)],
-            capture_output=True,
-            text=True,
-        )
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-        if not lines:
-            variants[variant] = {"error": " | ".join(proc.stderr.strip().splitlines()[-3:])}
+        # One process per variant: the profiler's trace is per process.
+        result = _run_child(cfg)
+        if "error" in result:
+            variants[variant] = result
             continue
-        result = json.loads(lines[-1][len("RESULT ") :])
         variants[variant] = summarise(result, args.steps, args.top)
         print(
             f"{variant}: {variants[variant]['step_ms_wall']} ms/step", file=sys.stderr, flush=True
         )
+    ablation = None
+    if args.ablate:
+        cfg = {
+            "kind": "ablate",
+            "precision": args.precision,
+            "batch_size": args.batch_size,
+            "steps": args.ablate_steps,
+            "warmup": 1,
+        }
+        times = _run_child(cfg)
+        ablation = times if "error" in times else summarise_ablation(times)
     report = {
         "benchmark": "profile_step",
         "cpu": read_cpu_info().as_dict(),
@@ -226,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         "profiled_steps": args.steps,
         "load_average_1m": round(os.getloadavg()[0], 2),
         "variants": variants,
+        "ablation": ablation,
         "note": "TensorFlow profiler, no XLA; wall time includes profiler overhead",
     }
     print(json.dumps(report, indent=2))
