@@ -27,10 +27,10 @@ JAX_SCRIPT = textwrap.dedent(
     assert keras.backend.backend() == "jax", keras.backend.backend()
     from alexkit.layers import LocalResponseNormalization
     from alexkit.model import build_alexnet
-    folder = sys.argv[1]
+    folder, variants = sys.argv[1], sys.argv[2].split(",")
     data = np.load(folder + "/in.npz")
     results = {"lrn": np.asarray(LocalResponseNormalization()(data["lrn_x"]))}
-    for variant in ("original", "torchvision"):
+    for variant in variants:
         model = build_alexnet(variant, num_classes=7)
         model.load_weights(folder + f"/{variant}.weights.h5")
         results[variant] = np.asarray(model(data[variant + "_x"], training=False))
@@ -63,11 +63,10 @@ def _he_weights(model, rng):
             layer.weights[0].assign(w)
 
 
-@pytest.fixture(scope="module")
-def jax_run(tmp_path_factory):
-    """(inputs' TensorFlow results, the JAX process's results) for the tests below."""
+def _tf_and_jax(folder, variants):
+    """(TensorFlow's results, the JAX process's results) for the full-size ``variants``,
+    the tiny variant's saved file, and LRN's value and gradient."""
     pytest.importorskip("jax", reason="jax is in the dev extra; CI installs it")
-    folder = tmp_path_factory.mktemp("jax")
     rng = np.random.default_rng(0)
     inputs = {"lrn_x": (rng.standard_normal((2, 3, 3, 13)) * 80).astype("float32")}
     expected = {
@@ -75,8 +74,9 @@ def jax_run(tmp_path_factory):
             inputs["lrn_x"], depth_radius=2, bias=2.0, alpha=1e-4, beta=0.75
         ).numpy()
     }
-    # AlexNet itself, both variants: built under JAX, given the same weights, same numbers.
-    for variant, size in (("original", 227), ("torchvision", 224)):
+    # AlexNet itself: built under JAX, given the same weights, same numbers.
+    for variant in variants:
+        size = {"original": 227, "torchvision": 224}[variant]
         model = build_alexnet(variant, num_classes=7, seed=1)
         _he_weights(model, rng)
         model.save_weights(folder / f"{variant}.weights.h5")
@@ -110,7 +110,7 @@ def jax_run(tmp_path_factory):
     np.savez(folder / "in.npz", **inputs)
     env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
     proc = subprocess.run(
-        [sys.executable, "-c", JAX_SCRIPT, str(folder)],
+        [sys.executable, "-c", JAX_SCRIPT, str(folder), ",".join(variants)],
         env=env,
         capture_output=True,
         text=True,
@@ -120,15 +120,32 @@ def jax_run(tmp_path_factory):
     return expected, dict(np.load(folder / "out.npz"))
 
 
-@pytest.mark.slow
-def test_model_and_lrn_identical_under_jax(jax_run):
-    expected, got = jax_run
+@pytest.fixture(scope="module")
+def jax_run(tmp_path_factory):
+    """The 2012 network (LRN, grouped convolutions) at full size, in every run."""
+    return _tf_and_jax(tmp_path_factory.mktemp("jax"), ["original"])
+
+
+def _assert_models_equal(expected, got, variants):
     np.testing.assert_allclose(got["lrn"], expected["lrn"], rtol=1e-5, atol=1e-6)
-    for variant in ("original", "torchvision"):
+    for variant in variants:
         assert expected[variant].std() > 1e-3  # a real, non-uniform softmax
         np.testing.assert_allclose(got[variant], expected[variant], rtol=1e-4, atol=1e-5)
     assert expected["tiny"].std() > 1e-3
     np.testing.assert_allclose(got["tiny_loaded"], expected["tiny"], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_model_and_lrn_identical_under_jax(jax_run):
+    _assert_models_equal(*jax_run, ["original"])
+
+
+# The torchvision layout is plain Keras layers (no LRN, no groups) plus Preprocess, which
+# the tiny model above already round-trips: its full-size JAX check (~10 CPU-s of random
+# init and compilation) is opt-in, `pytest -m heavy`.
+@pytest.mark.heavy
+def test_torchvision_layout_identical_under_jax(tmp_path):
+    _assert_models_equal(*_tf_and_jax(tmp_path, ["torchvision"]), ["torchvision"])
 
 
 @pytest.mark.slow
