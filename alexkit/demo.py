@@ -123,6 +123,7 @@ class DemoResult:
         artefacts: name → path of every file a person may want to open.
         seconds: wall time.
         quick: whether the quick size ran.
+        variant: the AlexNet variant every step trained.
         pretrain: the source task's run: precision, epochs, best validation accuracy on
             digits 0-4, seconds.
     """
@@ -133,11 +134,13 @@ class DemoResult:
     seconds: float = 0.0
     quick: bool = False
     pretrain: dict[str, Any] = field(default_factory=dict)
+    variant: str = "original"
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "out": str(self.out),
             "quick": self.quick,
+            "variant": self.variant,
             "seconds": round(self.seconds, 1),
             "pretrain": self.pretrain,
             "results": self.rows,
@@ -210,6 +213,7 @@ def run_demo(
     progress: ProgressFn | None = None,
     train_progress: Callable[[dict[str, Any]], None] | None = None,
     keep_checkpoints: int = 0,
+    variant: str = "original",
 ) -> DemoResult:
     """Run the demo end to end and write everything under ``out``.
 
@@ -223,6 +227,10 @@ def run_demo(
         keep_checkpoints: checkpoints each training run keeps. 0 (the default) writes
             none and leaves only what a person looks at: the models, reports, features
             and histories (the demo has no ``--resume``: a crash means running it again).
+        variant: the AlexNet every step trains: ``"original"`` (the 2012 network, the
+            demo's point) or another of :data:`alexkit.variants.VARIANTS` (``"tiny"``, the
+            2012 layout at 1/8 width, checks an installation in seconds; it learns
+            little).
 
     Returns:
         A :class:`DemoResult`.
@@ -233,7 +241,9 @@ def run_demo(
     from alexkit.train.common import keep_checkpoints as retention
 
     with retention(keep_checkpoints):
-        return _run_demo(out, quick, force, seed, progress, train_progress, keep_checkpoints)
+        return _run_demo(
+            out, quick, force, seed, progress, train_progress, keep_checkpoints, variant
+        )
 
 
 def _run_demo(
@@ -244,8 +254,12 @@ def _run_demo(
     progress: ProgressFn | None,
     train_progress: Callable[[dict[str, Any]], None] | None,
     keep_checkpoints: int,
+    variant: str,
 ) -> DemoResult:
     from alexkit import datasets
+    from alexkit.recipes import load_recipe, with_variant
+
+    recipe = with_variant(load_recipe(FINETUNE_RECIPE), variant)  # a bad name: before any work
 
     t0 = time.perf_counter()
     size = SIZES["quick" if quick else "full"]
@@ -261,9 +275,11 @@ def _run_demo(
     policy = resolve_precision(size.pretrain_precision)
     # The scratch baseline starts from the very weights pretraining starts from (He init,
     # same seed), so the difference is what pretraining contributed.
-    init = _scratch_init(out, seed)
+    init = _scratch_init(out, seed, variant)
     _say(progress, f"Pretraining AlexNet on digits 0-4 ({size.source_per_class} per digit)")
-    pre = _pretrain(source_csv, out, size, seed, policy, train_progress, keep_checkpoints != 0)
+    pre = _pretrain(
+        source_csv, out, size, seed, policy, train_progress, keep_checkpoints != 0, variant
+    )
     artefacts["pretrained model"] = pre.model_path
     pretrain = {
         "precision": policy,
@@ -276,7 +292,7 @@ def _run_demo(
     rows = []
     for approach, weights in starts.items():
         _say(progress, f"Fine-tuning on digits 5-9, {size.shots} labelled per digit ({approach})")
-        run = _finetune(approach, weights, target_csv, out, size, seed, train_progress)
+        run = _finetune(approach, weights, recipe, target_csv, out, size, seed, train_progress)
         _say(progress, f"Evaluating the {approach} model on held-out digits 5-9")
         row, matrix, (model, test_spec, config) = _evaluate(approach, run, target_csv, out, size)
         rows.append(row)
@@ -289,7 +305,9 @@ def _run_demo(
         # (never written then: see _pretrain; its best model stays). ~230 MB.
         init.unlink(missing_ok=True)
 
-    result = DemoResult(out=out, rows=rows, artefacts=artefacts, quick=quick, pretrain=pretrain)
+    result = DemoResult(
+        out=out, rows=rows, artefacts=artefacts, quick=quick, pretrain=pretrain, variant=variant
+    )
     result.seconds = time.perf_counter() - t0
     summary = out / "summary.json"
     result.artefacts["summary"] = summary
@@ -317,6 +335,7 @@ def _pretrain(
     policy: str,
     train_progress: Callable | None,
     keep_last: bool,
+    variant: str,
 ) -> Any:
     """Pretrain on the source digits (validated on their ``val`` rows); returns the run."""
     from alexkit import train
@@ -324,7 +343,7 @@ def _pretrain(
     return train.pretrain(
         source_csv,
         val=source_csv,
-        variant="original",
+        variant=variant,
         epochs=size.pretrain_epochs,
         batch_size=size.batch_size,
         # The paper's N(0, 0.01) init needs many epochs to leave the plateau; He init
@@ -342,7 +361,7 @@ def _pretrain(
     )
 
 
-def _scratch_init(out: Path, seed: int) -> Path:
+def _scratch_init(out: Path, seed: int, variant: str) -> Path:
     """The very initialisation pretraining starts from (He, same seed), untrained.
 
     Fine-tuning from it isolates what pretraining on 0-4 contributed.
@@ -350,15 +369,14 @@ def _scratch_init(out: Path, seed: int) -> Path:
     from alexkit.model import build_alexnet
 
     path = out / "scratch-init.keras"
-    build_alexnet("original", num_classes=len(SOURCE_DIGITS), kernel_init="he", seed=seed).save(
-        path
-    )
+    build_alexnet(variant, num_classes=len(SOURCE_DIGITS), kernel_init="he", seed=seed).save(path)
     return path
 
 
 def _finetune(
     approach: str,
     weights: Path,
+    recipe: Any,
     target_csv: Path,
     out: Path,
     size: DemoSize,
@@ -369,7 +387,7 @@ def _finetune(
     from alexkit import train
 
     return train.finetune(
-        FINETUNE_RECIPE,
+        recipe,
         target_csv,
         weights=str(weights),
         out=out / f"finetune-{approach}",

@@ -16,24 +16,11 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 
 from alexkit.errors import AlexkitError
-from alexkit.recipes import Recipe, load_recipe, recipe_to_toml
-from alexkit.variants import IMAGE_SIZES, VARIANTS
-
-
-def with_variant(recipe: Recipe, variant: str) -> Recipe:
-    """``recipe`` for ``variant``: its input size and (when it was the default) resize."""
-    if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {sorted(VARIANTS)}. Received: {variant!r}")
-    augment = recipe.augment
-    if augment.resize == VARIANTS[recipe.variant]["resize"]:
-        augment = dataclasses.replace(augment, resize=VARIANTS[variant]["resize"])
-    return dataclasses.replace(
-        recipe, variant=variant, image_size=IMAGE_SIZES[variant], augment=augment
-    )
+from alexkit.recipes import load_recipe, recipe_to_toml, with_variant
+from alexkit.variants import VARIANTS
 
 
 def main() -> None:

@@ -1,9 +1,9 @@
 """`alexkit demo --quick`: the newcomer's path, end to end, at CI size; and it leaves what
 a person looks at, and no checkpoints.
 
-The quick demo trains AlexNet three times (~35 s on 2 cores) and every test here only
-reads what it left: it runs once, and its tests sit in this one file so that
-``pytest -n 2 --dist loadfile`` cannot run it once on each worker.
+The quick demo trains three times and every test here only reads what it left: it runs
+once per variant, and its tests sit in this one file so that ``pytest -n 2 --dist
+loadfile`` cannot run it once on each worker.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from alexkit.cli import app
 from alexkit.demo import SIZES, write_manifests
 from alexkit.precision import POLICIES
+from alexkit.variants import VARIANTS
 
 
 @dataclass(frozen=True)
@@ -29,15 +30,22 @@ class QuickDemo:
     exit_code: int
     stdout: str
     stderr: str
+    variant: str
 
 
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    """The session's quick demo (the CLI, as a newcomer runs it)."""
+# Every run: the quick demo on the tiny variant (the 2012 layout at 1/8 width, ~7 s): every
+# step, file and number of the demo. The same on the full-size 2012 network (~35 CPU-s,
+# ~1 GB of model files) is opt-in, `pytest -m heavy`, and benchmarks/run_cost.py --demo
+# measures the full demo itself.
+@pytest.fixture(scope="module", params=["tiny", pytest.param("original", marks=pytest.mark.heavy)])
+def quick_run(request, tmp_path_factory):
+    """The quick demo of one variant (the CLI, as a newcomer runs it)."""
     out = tmp_path_factory.mktemp("demo-quick") / "demo"
     args = ["demo", "--quick", "--out", str(out), "--json", "--quiet"]
+    if request.param != "original":  # the default
+        args += ["--variant", request.param]
     result = CliRunner().invoke(app, args)
-    return QuickDemo(out, result.exit_code, result.stdout, result.stderr)
+    return QuickDemo(out, result.exit_code, result.stdout, result.stderr, request.param)
 
 
 @pytest.mark.slow
@@ -51,6 +59,7 @@ def test_demo_quick_end_to_end(quick_run):
     # The pretrained model computes in the precision the summary names.
     config = json.loads((out / "pretrain" / "config.json").read_text())
     assert config["resolved"]["precision"] == summary["pretrain"]["precision"]
+    assert summary["variant"] == config["variant"] == quick_run.variant
     approaches = {row["approach"]: row for row in summary["results"]}
     assert set(approaches) == {"transfer", "scratch"}
     size = SIZES["quick"]
@@ -65,11 +74,28 @@ def test_demo_quick_end_to_end(quick_run):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with open(out / "features-fc7.csv", newline="") as fh:
         rows = list(csv.reader(fh))
-    assert rows[0][:2] == ["path", "label"] and len(rows[0]) == 2 + 4096
+    fc7 = VARIANTS[quick_run.variant]["fc_units"]  # 4096 for the 2012 network
+    assert rows[0][:2] == ["path", "label"] and len(rows[0]) == 2 + fc7
     assert len(rows) - 1 == size.test_per_class * 5
     # The transfer run started from the pretrained model of the source task.
     config = json.loads((out / "finetune-transfer" / "config.json").read_text())
     assert config["class_names"] == ["5", "6", "7", "8", "9"]
+    assert config["variant"] == quick_run.variant
+
+
+def test_demo_trains_the_2012_network_unless_told_otherwise(tmp_path):
+    import inspect
+
+    from alexkit.demo import run_demo
+
+    assert inspect.signature(run_demo).parameters["variant"].default == "original"
+    result = CliRunner().invoke(app, ["demo", "--help"])
+    assert "--variant" in result.stdout and "original" in result.stdout
+    # A bad name is refused before anything is written.
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(app, ["demo", "--quick", "--variant", "huge", "--out", str(out)])
+    assert result.exit_code == 2 and "huge" in result.stderr
+    assert not out.exists()
 
 
 def test_demo_refuses_to_clobber(tmp_path):

@@ -29,7 +29,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexkit.recipes import load_recipe
+from alexkit.errors import UsageError
+from alexkit.recipes import load_recipe, with_variant
 from alexkit.variants import VARIANTS
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -58,10 +59,6 @@ def _load_module(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def with_variant(recipe, variant):
-    return _load_module("recipe_variant").with_variant(recipe, variant)
 
 
 def _alexkit_command() -> str:
@@ -310,5 +307,5 @@ def test_recipe_for_another_variant_changes_only_what_the_variant_needs():
     # A resize the recipe chose itself (not its variant's default) is kept.
     own = dataclasses.replace(xray, augment=dataclasses.replace(xray.augment, resize=300))
     assert with_variant(own, "tiny").augment.resize == 300
-    with pytest.raises(ValueError, match="huge"):
+    with pytest.raises(UsageError, match="huge"):
         with_variant(xray, "huge")

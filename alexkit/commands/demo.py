@@ -23,6 +23,12 @@ def register(app: typer.Typer) -> None:
             min=0,
             help="Checkpoints each training run keeps (default 0: none; the demo has no --resume).",
         ),
+        variant: str = typer.Option(
+            "original",
+            "--variant",
+            help="The AlexNet trained: original (the 2012 network) or tiny (the same layout "
+            "at 1/8 width: checks an installation in seconds, learns little).",
+        ),
         json_output: bool = typer.Option(False, "--json", help="Print only JSON on stdout."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No live progress view."),
     ) -> None:
@@ -45,7 +51,7 @@ def register(app: typer.Typer) -> None:
         with LiveView(enabled=not quiet and not json_output) as view:
             result = run_demo(
                 out, quick=quick, force=force, seed=seed, progress=say, train_progress=view,
-                keep_checkpoints=keep_checkpoints,
+                keep_checkpoints=keep_checkpoints, variant=variant,
             )  # fmt: skip
         if json_output:
             print_json(result.to_dict())

@@ -39,7 +39,7 @@ from alexkit.recipes.builtin import (
 )
 from alexkit.recipes.classes import ClassMatch, apply_class_match, match_classes
 from alexkit.recipes.io import recipe_fingerprint, recipe_to_dict, recipe_to_toml
-from alexkit.recipes.overrides import apply_overrides, compute_class_weights
+from alexkit.recipes.overrides import apply_overrides, compute_class_weights, with_variant
 from alexkit.recipes.reader import recipe_from_dict
 from alexkit.recipes.schema import (
     BUILTIN_DATA,
@@ -61,6 +61,7 @@ from alexkit.recipes.schema import (
 )
 
 __all__ = [
+    "with_variant",
     "Recipe",
     "DatasetHint",
     "HeadConfig",

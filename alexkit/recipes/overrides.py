@@ -10,6 +10,7 @@ from typing import Any
 from alexkit.errors import DataError, RecipeError, UsageError
 from alexkit.recipes.reader import join_choices
 from alexkit.recipes.schema import CLASS_WEIGHT_MODES, Recipe
+from alexkit.variants import IMAGE_SIZES, VARIANTS
 
 
 def apply_overrides(
@@ -129,3 +130,19 @@ def compute_class_weights(
                 raise DataError(f"class_weights index {index} is out of range")
         weights[index] = float(weight)
     return weights
+
+
+def with_variant(recipe: Recipe, variant: str) -> Recipe:
+    """``recipe`` for another AlexNet ``variant``: its input size, and the resize before
+    cropping when the recipe used its own variant's default (256 for a 227/224 crop;
+    ``tiny`` resizes to 112 for its 99 crop). Everything else stays the recipe's own."""
+    if variant not in VARIANTS:
+        raise UsageError(
+            f"variant must be one of {join_choices(sorted(VARIANTS))}; got {variant!r}."
+        )
+    augment = recipe.augment
+    if augment.resize == VARIANTS[recipe.variant]["resize"]:
+        augment = dataclasses.replace(augment, resize=VARIANTS[variant]["resize"])
+    return dataclasses.replace(
+        recipe, variant=variant, image_size=IMAGE_SIZES[variant], augment=augment
+    )
