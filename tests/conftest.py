@@ -16,35 +16,35 @@ os.environ.setdefault("TF_ONEDNN_USE_SYSTEM_ALLOCATOR", "1")
 import numpy as np
 import pytest
 
-# Longest files first (CPU-seconds on 2 cores, measured 2026-11-30). `pytest -n 2 --dist
+# Longest files first (seconds of a worker on 2 cores, measured 2026-11-30). `pytest -n 2 --dist
 # loadfile` hands whole files to whichever worker is free, in collection order; xdist's
 # default reorder (most tests first) put these few-test, long files last, and one worker
 # ran them alone for a minute and a half at the end. Longest-first keeps both busy to the
 # end. Files not listed keep their order, after these.
 LONGEST_FILES_FIRST = (
-    "train/test_distribute_pretrain.py",  # ~75 s: eight TensorFlow processes
-    "test_examples.py",  # ~55 s: the example workflows in bash
-    "test_jax_backend.py",  # ~45 s: AlexNet under JAX in a subprocess
-    "test_export.py",  # ~40 s
+    "train/test_distribute_pretrain.py",  # ~65 s: eight TensorFlow processes
+    "test_examples.py",  # ~25 s: the xray workflow in bash, the features example
+    "test_model.py",  # ~30 s: AlexNet itself, full size
+    "train/test_resume.py",  # ~30 s: kill -9 and resume, in subprocesses
+    "test_export.py",
     "train/test_feature_cache.py",
-    "train/test_resume.py",
-    "train/test_lean_checkpoints.py",
-    "test_demo.py",  # ~30 s: the quick demo
+    "test_jax_backend.py",  # ~20 s: AlexNet under JAX in a subprocess
     "train/test_pretrain.py",
-    "data/test_data.py",
-    "weights/test_weights.py",
+    "train/test_lean_checkpoints.py",
+    "test_distribute.py",
     "test_evaluate_cli.py",
     "test_explain.py",
-    "test_model.py",
-    "test_distribute.py",
-    "train/test_finetune_precision.py",
-    "train/test_finetune.py",
-    "train/test_engine.py",
-    "test_report.py",
-    "test_precision_commands.py",
-    "test_crossval.py",
-    "weights/test_weights_cli.py",
     "test_extract.py",
+    "weights/test_weights.py",
+    "data/test_data.py",
+    "test_crossval.py",
+    "train/test_engine.py",
+    "train/test_finetune_precision.py",
+    "test_demo.py",
+    "weights/test_weights_cli.py",
+    "test_precision_commands.py",
+    "test_report.py",
+    "train/test_finetune.py",
 )
 
 
