@@ -53,24 +53,11 @@ _OP_EVENT = re.compile(r"^([^:\s]+):([A-Za-z0-9_]+)$")
 
 def profile_variant(cfg: dict) -> dict:
     """Profile ``cfg["steps"]`` training steps of one variant (run in a child process)."""
-    import keras
     import numpy as np
     import tensorflow as tf
+    from train_throughput import keras_setup  # this folder: the script's own
 
-    from alexkit.model import VARIANTS, build_alexnet
-    from alexkit.optim import PaperSGD
-
-    if cfg["precision"] == "bfloat16":
-        keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
-    size = VARIANTS[cfg["variant"]]["image_size"]
-    batch = cfg["batch_size"]
-    model = build_alexnet(cfg["variant"], num_classes=1000, seed=0)
-    model.compile(optimizer=PaperSGD(learning_rate=0.01), loss="sparse_categorical_crossentropy")
-    rng = np.random.default_rng(0)
-    x = keras.ops.convert_to_tensor(
-        rng.uniform(0, 255, size=(batch, size, size, 3)).astype("float32")
-    )
-    y = keras.ops.convert_to_tensor(rng.integers(0, 1000, size=(batch,)).astype("int32"))
+    model, x, y = keras_setup(cfg)
     for _ in range(cfg["warmup"]):
         model.train_on_batch(x, y)
     with tempfile.TemporaryDirectory() as logdir:

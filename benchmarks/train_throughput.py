@@ -84,13 +84,15 @@ def _timed_steps(step, warmup: int, steps: int) -> list[float]:
     return times
 
 
-def run_keras(cfg: dict) -> dict:
-    """One Keras configuration (runs in a child process)."""
+def keras_setup(cfg: dict) -> tuple:
+    """(compiled model, x, y) of one Keras configuration: ``variant``, ``precision``,
+    ``batch_size`` and ``xla`` (also what benchmarks/profile_step.py profiles)."""
     import keras
     import numpy as np
 
-    from alexkit.model import VARIANTS, build_alexnet
+    from alexkit.model import build_alexnet
     from alexkit.optim import PaperSGD
+    from alexkit.variants import VARIANTS
 
     if cfg["precision"] == "bfloat16":
         keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
@@ -100,7 +102,7 @@ def run_keras(cfg: dict) -> dict:
     model.compile(
         optimizer=PaperSGD(learning_rate=0.01),
         loss="sparse_categorical_crossentropy",
-        jit_compile=cfg["xla"],
+        jit_compile=cfg.get("xla", "auto"),
     )
     rng = np.random.default_rng(0)
     # Backend tensors made once: on a GPU, no host-to-device copy inside the timed step.
@@ -108,6 +110,14 @@ def run_keras(cfg: dict) -> dict:
         rng.uniform(0, 255, size=(batch, size, size, 3)).astype("float32")
     )
     y = keras.ops.convert_to_tensor(rng.integers(0, 1000, size=(batch,)).astype("int32"))
+    return model, x, y
+
+
+def run_keras(cfg: dict) -> dict:
+    """One Keras configuration (runs in a child process)."""
+    import numpy as np
+
+    model, x, y = keras_setup(cfg)
     losses = []
 
     def step() -> None:
