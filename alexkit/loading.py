@@ -105,26 +105,17 @@ def input_size_of(model: Any) -> int:
     Returns:
         The side in pixels.
     """
-    from alexkit.variants import IMAGE_SIZES, variant_from_structure
+    from alexkit.model import all_layers, variant_of
+    from alexkit.variants import IMAGE_SIZES
 
     shape = getattr(model, "input_shape", None)
     if isinstance(shape, list):  # several inputs: the first is the image
         shape = shape[0]
     if shape is not None and len(shape) >= 3 and shape[1] is not None:
         return int(shape[1])
-    has_lrn, conv1 = False, None
-    stack = [model]
-    while stack:
-        node = stack.pop()
-        for layer in getattr(node, "layers", None) or []:
-            has_lrn = has_lrn or layer.name == "lrn1"
-            if layer.name == "conv1" and conv1 is None:
-                conv1 = layer
-            if getattr(layer, "layers", None):
-                stack.append(layer)
-    if conv1 is None:
+    if not any(layer.name == "conv1" for layer in all_layers(model)):
         return IMAGE_SIZES["original"]
-    return IMAGE_SIZES[variant_from_structure(has_lrn, getattr(conv1, "filters", None))]
+    return IMAGE_SIZES[variant_of(model)]
 
 
 def align_spec(spec: Any, class_names: Sequence[str], *, require_labels: bool = True) -> Any:

@@ -233,11 +233,23 @@ def load_model(path: str) -> keras.Model:
 
 
 def variant_of(model: keras.Model) -> str:
-    """Tell which variant a model is by its layers: LRN ⇒ the original layout, then
-    conv1's width tells ``original`` (96 filters) from ``tiny`` (12)."""
-    names = {layer.name for layer in model.layers}
-    conv1 = next((layer for layer in model.layers if layer.name == "conv1"), None)
-    return variant_from_structure("lrn1" in names, getattr(conv1, "filters", None))
+    """Tell which variant a model is by its layers (nested models' too, e.g. a body inside
+    a classifier): LRN ⇒ the original layout, then conv1's width tells ``original`` (96
+    filters) from ``tiny`` (12)."""
+    layers = all_layers(model)
+    conv1 = next((layer for layer in layers if layer.name == "conv1"), None)
+    has_lrn = any(layer.name == "lrn1" for layer in layers)
+    return variant_from_structure(has_lrn, getattr(conv1, "filters", None))
+
+
+def all_layers(model: Any) -> list[Any]:
+    """Every layer of ``model``, those of nested models included, outer ones first."""
+    found, queue = [], list(getattr(model, "layers", None) or [])
+    while queue:
+        layer = queue.pop(0)
+        found.append(layer)
+        queue.extend(getattr(layer, "layers", None) or [])
+    return found
 
 
 def replace_head(

@@ -139,12 +139,11 @@ def run_probe(
 
     if kind not in PROBES:
         raise UsageError(f"--probe must be one of {', '.join(PROBES)}; received {kind!r}.")
-    if ci_level is not None:
-        from alexkit.stats import check_level
+    from alexkit.stats import check_level, check_n_boot
 
+    if ci_level is not None:  # before any extraction
         check_level(ci_level)
-    if n_boot < 0 or 0 < n_boot < 100:  # as metric_intervals says, before any extraction
-        raise UsageError(f"--n-boot must be 0 or >= 100; received {n_boot}.")
+    check_n_boot(n_boot)
     model, choice = apply_precision(model, precision)
     if hasattr(train, "items"):
         train_spec = train

@@ -45,6 +45,13 @@ def _z(level: float) -> float:
     return float(norm.ppf(0.5 + level / 2))
 
 
+def check_n_boot(n_boot: int) -> int:
+    """``--n-boot``: 0 (no bootstrap) or at least 100 resamples, else a usage error."""
+    if n_boot < 0 or 0 < n_boot < 100:
+        raise UsageError(f"--n-boot must be 0 or >= 100; received {n_boot}.")
+    return n_boot
+
+
 def check_level(level: float) -> float:
     """A confidence level in (0, 1), or a UsageError naming the value."""
     if not 0.0 < float(level) < 1.0:
@@ -255,8 +262,7 @@ def metric_intervals(
         The :class:`Intervals`.
     """
     level = check_level(level)
-    if n_boot < 0 or 0 < n_boot < 100:
-        raise UsageError(f"--n-boot must be 0 or >= 100; received {n_boot}.")
+    check_n_boot(n_boot)
     y = np.asarray(y_true, dtype=np.int64)
     pred = np.asarray(y_pred, dtype=np.int64)
     probs = np.asarray(probs, dtype=np.float64)

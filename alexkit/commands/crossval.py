@@ -103,14 +103,11 @@ def register(app: typer.Typer) -> None:
 
         Example: alexkit crossval --recipe xray --data xray.csv --folds 5 --out cv/
         """
+        from alexkit.commands.evaluate import check_interval_options
         from alexkit.commands.train import LiveView
         from alexkit.crossval import crossval
-        from alexkit.errors import UsageError
-        from alexkit.stats import check_level
 
-        check_level(ci_level)
-        if n_boot < 0 or 0 < n_boot < 100:
-            raise UsageError(f"--n-boot must be 0 or >= 100; received {n_boot}.")
+        check_interval_options(ci_level, n_boot)
         started = time.perf_counter()
         with LiveView(enabled=not quiet) as view:
             result = crossval(

@@ -39,12 +39,10 @@ def n_boot_option() -> Any:
 
 def check_interval_options(ci_level: float, n_boot: int) -> None:
     """``--ci-level`` in (0, 1) and ``--n-boot`` 0 or >= 100 (exit 2 before any loading)."""
-    from alexkit.errors import UsageError
-    from alexkit.stats import check_level
+    from alexkit.stats import check_level, check_n_boot
 
     check_level(ci_level)
-    if n_boot < 0 or 0 < n_boot < 100:
-        raise UsageError(f"--n-boot must be 0 or >= 100; received {n_boot}.")
+    check_n_boot(n_boot)
 
 
 def choose_and_show_precision(requested: str | None, model: Any = None) -> Any:
