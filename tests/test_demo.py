@@ -106,6 +106,16 @@ def test_demo_refuses_to_clobber(tmp_path):
     assert (tmp_path / "keep.txt").read_text() == "mine"
 
 
+def _paths_by_split(manifest):
+    """(the manifest's rows, {split: set of paths})."""
+    with open(manifest, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    by_split: dict[str, set[str]] = {}
+    for row in rows:
+        by_split.setdefault(row["split"], set()).add(row["path"])
+    return rows, by_split
+
+
 def test_demo_manifests_are_disjoint_and_seeded(tmp_path):
     from alexkit.datasets import materialize_digits
 
@@ -115,20 +125,12 @@ def test_demo_manifests_are_disjoint_and_seeded(tmp_path):
     source_csv, first = write_manifests(source, target, tmp_path / "a", size, seed=3)
     _, again = write_manifests(source, target, tmp_path / "b", size, seed=3)
     assert first.read_text() == again.read_text()
-    with open(first, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    by_split: dict[str, set[str]] = {}
-    for row in rows:
-        by_split.setdefault(row["split"], set()).add(row["path"])
+    _, by_split = _paths_by_split(first)
     assert len(by_split["train"]) == size.shots * 5
     assert len(by_split["test"]) == size.test_per_class * 5
     assert not (by_split["train"] & by_split["test"]) and not (by_split["val"] & by_split["test"])
     # Pretraining validates on its own held-back source images, not on what it trains on.
-    with open(source_csv, newline="") as fh:
-        source_rows = list(csv.DictReader(fh))
-    source: dict[str, set[str]] = {}
-    for row in source_rows:
-        source.setdefault(row["split"], set()).add(row["path"])
+    source_rows, source = _paths_by_split(source_csv)
     assert len(source["train"]) == size.source_per_class * 5
     assert len(source["val"]) == size.source_val_per_class * 5
     assert not source["train"] & source["val"]
