@@ -42,10 +42,10 @@ def center_share(heat: np.ndarray, fraction: float = CENTER_FRACTION) -> float |
     the cell empty (read as missing by csv readers and pandas) and the summary counts
     the blank maps (``ExplainResult.blank_maps``).
     """
+    if is_blank(heat):
+        return None
     heat = np.clip(np.asarray(heat, np.float64), 0, None)
     total = heat.sum()
-    if not total > 0:
-        return None
     h, w = heat.shape
     side = np.sqrt(fraction)
     bh, bw = round(h * side), round(w * side)
