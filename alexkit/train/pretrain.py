@@ -21,6 +21,7 @@ from alexkit.train.common import (
     ProgressFn,
     RunResult,
     check_resume_config,
+    choose_run_precision,
     data_fingerprint,
     emit,
     fingerprint,
@@ -149,7 +150,7 @@ def pretrain(
         "name": name,
     }
     args = merge_saved_args(out_path, resume, args)
-    _choose_precision(args, progress)
+    choose_run_precision(args, progress)
     if args["data"] is None:
         raise UsageError("--data is required (it may be left out only with --resume).")
     resolved = _resolve_options(args)
@@ -165,18 +166,6 @@ def pretrain(
             progress=progress, t0=t0,
         )  # fmt: skip
     return result
-
-
-def _choose_precision(args: dict[str, Any], progress: ProgressFn | None) -> None:
-    """``auto`` (and aliases such as ``bf16``) become the policy chosen on this machine;
-    that is what ``config.json`` keeps, so a resume elsewhere does not choose again."""
-    if args["precision"] is None:
-        return
-    from alexkit.precision import choose_precision
-
-    choice = choose_precision(args["precision"])
-    args["precision"] = choice.policy
-    emit(progress, "precision", **choice.as_dict())
 
 
 def _resolve_options(args: dict[str, Any]) -> dict[str, Any]:
