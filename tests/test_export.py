@@ -321,6 +321,35 @@ def test_fixed_batch_runs_any_number_of_images(runs, tmp_path):
     )
 
 
+@pytest.mark.parametrize(("image_size", "expected"), [(None, 99), (131, 131)])
+def test_a_classifier_of_any_input_size_exports_at_its_trained_size(tmp_path, image_size, expected):
+    """A tiny body with input (None, None, 3) under a pooled head: the artefact takes the
+    size its run trained at (config.json), or without one its variant's (99), never a
+    227 default."""
+    from alexkit.model import build_alexnet
+
+    body = build_alexnet("tiny", include_top=False, input_shape=(None, None, 3), seed=3)
+    pooled = keras.layers.GlobalAveragePooling2D()(body.output)
+    model = keras.Model(body.inputs, keras.layers.Dense(3, activation="softmax")(pooled))
+    assert model.input_shape == (None, None, None, 3)
+    run = tmp_path / "run"
+    run.mkdir()
+    model.save(run / "model.keras")
+    config = {"class_names": CLASSES, "variant": "tiny"}
+    if image_size is not None:
+        config["image_size"] = image_size
+    (run / "config.json").write_text(json.dumps(config))
+
+    result = export_model(str(run), "onnx", tmp_path / "out")
+    assert result.parity["claimed"] is True
+    assert result.card["input"]["shape"] == [None, expected, expected, 3]
+    loaded = load_exported(result.path)
+    assert loaded.input_shape == (None, expected, expected, 3)
+    x = fresh_images(expected, n=3)
+    want = np.asarray(model.predict_on_batch(x))
+    np.testing.assert_allclose(loaded.predict_on_batch(x), want, atol=PARITY_ATOL, rtol=0)
+
+
 def test_a_mismatching_export_fails_and_writes_no_card(runs, tmp_path, monkeypatch):
     import alexkit.export as ex
 
