@@ -340,7 +340,7 @@ def test_a_classifier_of_any_input_size_exports_at_its_trained_size(tmp_path, im
         config["image_size"] = image_size
     (run / "config.json").write_text(json.dumps(config))
 
-    result = export_model(str(run), "onnx", tmp_path / "out")
+    result = export_model(str(run), "savedmodel", tmp_path / "out")
     assert result.parity["claimed"] is True
     assert result.card["input"]["shape"] == [None, expected, expected, 3]
     loaded = load_exported(result.path)
