@@ -45,28 +45,37 @@ lr = 0.0001
 """
 
 
-# `python -m alexkit ARGS` whose checkpoint saves pause (for the SIGKILL) from step PAUSE_AT.
+# `python -m alexkit ARGS` whose checkpoint saves pause (for the SIGKILL) from step PAUSE_AT,
+# after the runs in FIRST (JSON: [[args, stdout file], ...]) have finished.
 RUNNER = """
+import contextlib
+import json
 import sys
 import time
 
 from alexkit import runs
+from alexkit.cli import app, main
 
-pause_at = int(sys.argv[1])
+pause_at, first = int(sys.argv[1]), json.loads(sys.argv[2])
 save = runs.CheckpointManager.save
+armed = False
 
 
 def save_then_pause(self, model_arrays, optimizer_arrays, state, *args, **kwargs):
     path = save(self, model_arrays, optimizer_arrays, state, *args, **kwargs)
-    if state["global_step"] >= pause_at:
+    if armed and state["global_step"] >= pause_at:
         time.sleep(600)  # the test kills the process here
     return path
 
 
 runs.CheckpointManager.save = save_then_pause
-from alexkit.cli import main
-
-sys.argv = ["alexkit", *sys.argv[2:]]
+for first_args, stdout in first:
+    with open(stdout, "w") as f, contextlib.redirect_stdout(f):
+        code = app(first_args, prog_name="alexkit", standalone_mode=False)
+    if code:
+        sys.exit(f"alexkit {' '.join(first_args)} exited with {code}")
+armed = True
+sys.argv = ["alexkit", *sys.argv[3:]]
 main()
 """
 
@@ -79,13 +88,17 @@ def _checkpoint_steps(out):
     return [int(name.split("-")[1]) for name in index["complete"]]
 
 
-def _run_until_killed(args, out, kill_after_step, timeout=240.0):
-    """Start ``alexkit ARGS``; SIGKILL it once a checkpoint >= the step exists."""
+def _run_until_killed(args, out, kill_after_step, first=(), timeout=240.0):
+    """Start ``alexkit ARGS``; SIGKILL it once a checkpoint >= the step exists.
+
+    ``first``: ``(args, stdout_path)`` pairs, runs the same process makes to the end
+    before it starts ``alexkit ARGS`` (one TensorFlow start-up for both).
+    """
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", NO_COLOR="1")
     runner = out.parent / "runner.py"
     runner.write_text(RUNNER)
     proc = subprocess.Popen(
-        [sys.executable, str(runner), str(kill_after_step), *args],
+        [sys.executable, str(runner), str(kill_after_step), json.dumps(first), *args],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -134,14 +147,20 @@ def test_finetune_kill_9_mid_epoch_then_resume_gives_the_uninterrupted_history(
     common = ["finetune", "--recipe", str(recipe), "--data", str(class_folder), "--quiet"]
     common += ["--weights", str(weights), "--steps-per-epoch", "3"]
 
-    # The reference: the same run, uninterrupted, in a fresh process like the others (this
+    # The reference: the same run, uninterrupted, first thing in a fresh process (this
     # process's TensorFlow has run other tests: its state must not decide the numbers).
-    reference = _cli_json([*common, "--out", str(tmp_path / "ref"), "--json"])
-    assert reference["history"][-1]["stage_name"] == "top"
-
+    # That process then starts the run that is killed: one TensorFlow start-up less, and
+    # the kill and the resume below are as before.
     out = tmp_path / "run"
+    reference_json = tmp_path / "reference.json"
+    reference_args = [*common, "--out", str(tmp_path / "ref"), "--json"]
     # 3 steps per epoch; checkpoint every step; kill once step 5 (epoch 2, step 2) is saved.
-    _run_until_killed([*common, "--out", str(out), "--checkpoint-every", "1"], out, 5)
+    _run_until_killed(
+        [*common, "--out", str(out), "--checkpoint-every", "1"], out, 5,
+        first=[(reference_args, str(reference_json))],
+    )  # fmt: skip
+    reference = json.loads(reference_json.read_text())
+    assert reference["history"][-1]["stage_name"] == "top"
     assert (out / "config.json").is_file()
     before = [int(line.split(",")[0]) for line in (out / "history.csv").read_text().split()[1:]]
     assert before and before[-1] < 3  # killed before the end
