@@ -51,6 +51,12 @@ def _engine(tmp_path, out, *, resume=False, progress=None):
     )  # fmt: skip
 
 
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run, made once for both interruption points (every run reseeds)."""
+    return _engine(tmp_path_factory.mktemp("reference"), "ref").run_all()
+
+
 def _rows(history):
     return [{k: v for k, v in r.items() if k not in ("seconds", "img_per_s")} for r in history]
 
@@ -60,8 +66,7 @@ def _rows(history):
     [("batch", 6), ("epoch_end", 2)],  # in epoch 2; at the end of stage 1
     ids=["mid-epoch", "end-of-stage"],
 )
-def test_interrupted_run_resumes_to_the_uninterrupted_history(tmp_path, event, where):
-    reference = _engine(tmp_path, "ref").run_all()
+def test_interrupted_run_resumes_to_the_uninterrupted_history(tmp_path, reference, event, where):
     assert [r["images"] for r in reference["history"]] == [30, 30, 30, 30]
 
     def interrupt(ev):
