@@ -68,17 +68,21 @@ ALL_THEN_TOP = [("all", 1, "all", "sgd"), ("top", 2, "fc7", "adam")]
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-    """``uninterrupted(name)``: the uninterrupted run of HEAD_ONLY ("head") or ALL_THEN_TOP
-    ("all-then-top"), keep 2, and its run directory; made once for the module, since
+    """``uninterrupted(name, keep=2)``: the uninterrupted run of HEAD_ONLY ("head") or
+    ALL_THEN_TOP ("all-then-top") and its run directory; made once for the module, since
     several tests compare against the same one (every run reseeds, so order is moot)."""
     root = tmp_path_factory.mktemp("reference")
     done = {}
 
-    def get(name):
-        if name not in done:
+    def get(name, keep=2):
+        if (name, keep) not in done:
             specs = {"head": HEAD_ONLY, "all-then-top": ALL_THEN_TOP}[name]
-            done[name] = (_engine(root, name, _stages(*specs)).run_all(), root / name)
-        return done[name]
+            out = f"{name}-keep{keep}"
+            done[name, keep] = (
+                _engine(root, out, _stages(*specs), keep=keep).run_all(),
+                root / out,
+            )
+        return done[name, keep]
 
     return get
 
@@ -217,21 +221,23 @@ def test_keep_zero_writes_no_checkpoint_but_ctrl_c_still_saves_one(tmp_path, uni
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-@pytest.mark.parametrize("keep", [1, 3])
-def test_keep_checkpoints(tmp_path, keep):
-    engine = _engine(tmp_path, "run", _stages(*ALL_THEN_TOP), keep=keep)
-    engine.run_all()
-    checkpoints = tmp_path / "run" / "checkpoints"
+@pytest.mark.parametrize("keep", [1, 2])
+def test_keep_checkpoints(uninterrupted, keep):
+    _, run = uninterrupted("all-then-top", keep=keep)  # keep 2: the reference run
+    checkpoints = run / "checkpoints"
     kept = sorted(p.name for p in checkpoints.glob("ckpt-*"))
     assert kept == [f"ckpt-{s:09d}" for s in range(13 - keep, 13)]
     # The frozen file of stage 2 stays while a kept checkpoint refers to it.
     assert len(list(checkpoints.glob("frozen-*"))) == 1
 
 
-def test_without_start_weights_on_resume_frozen_layers_are_written_once(tmp_path):
-    """A model built without its starting weights on resume: the frozen body goes to disk."""
+def test_without_start_weights_on_resume_frozen_layers_are_written_once(tmp_path, uninterrupted):
+    """A model built without its starting weights on resume: the frozen body goes to disk.
+
+    The reference is the module's uninterrupted run (built with them): how the frozen
+    layers are checkpointed changes nothing in the training."""
     stages = _stages(*HEAD_ONLY)
-    reference = _engine(tmp_path, "ref", stages, start=False).run_all()
+    reference, _ = uninterrupted("head")
     with pytest.raises(Interrupted):
         _engine(tmp_path, "run", stages, progress=_interrupt_at(6), start=False).run_all()
     checkpoints = tmp_path / "run" / "checkpoints"
