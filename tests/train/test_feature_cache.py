@@ -8,6 +8,7 @@ shuffled with its own seed, like the real pipeline.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import numpy as np
@@ -101,10 +102,73 @@ def _cache_lines(caplog):
     return [r.getMessage() for r in caplog.records if r.name == CACHE_LOG]
 
 
-def test_k_equal_to_epochs_reproduces_the_uncached_trajectory(tmp_path, caplog):
+@contextlib.contextmanager
+def _cache_log():
+    """The feature cache's INFO messages while the block runs (a module fixture has no
+    caplog)."""
+    logger = logging.getLogger(CACHE_LOG)
+    lines = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+# Tests of one head-only stage compare with the same few uninterrupted runs: each is made
+# once for the module (every run reseeds, so order is moot) over the longest stage any
+# test needs, 5 epochs. A shorter uncached run is the first epochs of it (constant LR).
+
+
+@pytest.fixture(scope="module")
+def uncached(tmp_path_factory):
+    """The uncached run (K=0) of a 5-epoch head stage: its ``history``, the pipeline's
+    ``calls``, the model each step ``trained`` and the cache's log ``lines``."""
+    calls = []
+    engine = _engine(tmp_path_factory.mktemp("uncached"), "run", _head(5), views=0, calls=calls)
+    trained = _models_trained(engine)
+    with _cache_log() as lines:
+        history = engine.run_all()["history"]
+    return {"history": history, "calls": calls, "trained": trained, "lines": lines}
+
+
+@pytest.fixture(scope="module")
+def two_views(tmp_path_factory):
+    """``two_views(memory)``: the run of a 5-epoch head stage with K=2 under a memory
+    budget (None: the default, in memory), as ``{"state", "lines", "files", "dir"}``;
+    ``files``: the ``.npy`` views on disk at each epoch's end; ``dir``: the run's."""
+    root = tmp_path_factory.mktemp("two_views")
+    done = {}
+
+    def get(memory):
+        if memory not in done:
+            out = f"memory-{memory}"
+            engine = _engine(root, out, _head(5), views=2, memory=memory)
+            files = []
+
+            def look(event):
+                if event["event"] == "epoch_end":
+                    folder = root / out / "feature-cache"
+                    files.append(sorted(p.name for p in folder.glob("*.npy")))
+
+            engine.progress = look
+            with _cache_log() as lines:
+                state = engine.run_all()
+            done[memory] = {"state": state, "lines": lines, "files": files, "dir": root / out}
+        return done[memory]
+
+    return get
+
+
+def test_k_equal_to_epochs_reproduces_the_uncached_trajectory(tmp_path, caplog, uncached):
     caplog.set_level(logging.INFO, logger=CACHE_LOG)
-    plain = _engine(tmp_path, "plain", _head(4), views=0).run_all()["history"]
-    assert not _cache_lines(caplog)
+    plain = uncached["history"][:4]
+    assert not uncached["lines"]
     calls = []
     cached = _engine(tmp_path, "cached", _head(4), views=4, calls=calls)
     seen = _models_trained(cached)
@@ -130,12 +194,12 @@ def test_k_equal_to_epochs_reproduces_the_uncached_trajectory(tmp_path, caplog):
         np.testing.assert_array_equal(ours, theirs)
 
 
-def test_later_epochs_read_the_kept_views(tmp_path, caplog):
+def test_later_epochs_read_the_kept_views(tmp_path, caplog, uncached):
     """K=2 over 5 epochs: the pipeline runs for epochs 0 and 1 only (each a whole view);
     epochs 2-4 read views 0, 1, 0 in fresh orders; the first two epochs equal the
     uncached run's."""
     caplog.set_level(logging.INFO, logger=CACHE_LOG)
-    plain = _engine(tmp_path, "plain", _head(5), views=0).run_all()["history"]
+    plain = uncached["history"]
     calls = []
     engine = _engine(tmp_path, "cached", _head(5), views=2, calls=calls)
     kept = {}
@@ -182,15 +246,10 @@ def test_dropout_above_the_cache_draws_new_masks(tmp_path, dropout, differ):
         assert a == pytest.approx(b, rel=1e-6)
 
 
-def test_k_zero_takes_the_uncached_path(tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger=CACHE_LOG)
-    calls = []
-    engine = _engine(tmp_path, "run", _head(3), views=0, calls=calls)
-    seen = _models_trained(engine)
-    engine.run_all()
-    assert {kind for _, kind in seen} == {"whole"}
-    assert calls == [(0, 4), (1, 4), (2, 4)]
-    assert not _cache_lines(caplog)
+def test_k_zero_takes_the_uncached_path(uncached):
+    assert {kind for _, kind in uncached["trained"]} == {"whole"}
+    assert uncached["calls"] == [(0, 4), (1, 4), (2, 4), (3, 4), (4, 4)]
+    assert not uncached["lines"]
 
 
 def test_never_cached_while_the_prefix_trains(tmp_path):
@@ -212,34 +271,26 @@ def test_never_cached_while_the_prefix_trains(tmp_path):
     assert cuts == [None, "body2", "body1"]
 
 
-def test_over_the_memory_budget_streams_from_disk(tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger=CACHE_LOG)
-    reference = _engine(tmp_path, "memory", _head(4), views=2).run_all()["history"]
-    caplog.clear()
-    folder = tmp_path / "disk" / "feature-cache"
-    files = []
-    engine = _engine(tmp_path, "disk", _head(4), views=2, memory=1000)
-
-    def look(event):
-        if event["event"] == "epoch_end":
-            files.append(sorted(p.name for p in folder.glob("*.npy")))
-
-    engine.progress = look
-    history = engine.run_all()["history"]
-    lines = _cache_lines(caplog)
+def test_over_the_memory_budget_streams_from_disk(two_views):
+    memory, disk = two_views(None), two_views(1000)
+    lines = disk["lines"]
     assert len(lines) == 1 and "streamed from" in lines[0] and "over the memory budget" in lines[0]
     # 2 views x 32 images x 64 floats x 4 bytes
     assert "(16.0 KB)" in lines[0]
-    assert files[1:] == [["view-0.npy", "view-1.npy"]] * 3
-    assert not folder.exists()  # deleted when the stage ended
-    assert _rows(history) == _rows(reference)
+    assert disk["files"][1:] == [["view-0.npy", "view-1.npy"]] * 4
+    assert not (disk["dir"] / "feature-cache").exists()  # deleted when the stage ended
+    assert len(memory["lines"]) == 1 and "in memory" in memory["lines"][0]
+    assert not any(memory["files"])
+    assert _rows(disk["state"]["history"]) == _rows(memory["state"]["history"])
 
 
-def test_over_budget_without_disk_room_falls_back_to_uncached(tmp_path, caplog, monkeypatch):
+def test_over_budget_without_disk_room_falls_back_to_uncached(
+    tmp_path, caplog, monkeypatch, uncached
+):
     from alexkit.train import feature_cache
 
     caplog.set_level(logging.INFO, logger=CACHE_LOG)
-    plain = _engine(tmp_path, "plain", _head(3), views=0).run_all()["history"]
+    plain = uncached["history"][:3]
     monkeypatch.setattr(feature_cache, "free_disk_bytes", lambda _: 10_000)
     engine = _engine(tmp_path, "run", _head(3), views=2, memory=1000)
     seen = _models_trained(engine)
@@ -263,8 +314,8 @@ def _interrupt_at(global_step):
     [(6, None), (15, None), (15, 1000)],  # in view 1's epoch; in epoch 4 (reads view 1)
     ids=["filling-a-view", "reading-a-view", "reading-from-disk"],
 )
-def test_resume_mid_stage_gives_the_uninterrupted_history(tmp_path, step, memory):
-    reference = _engine(tmp_path, "ref", _head(5), views=2, memory=memory).run_all()
+def test_resume_mid_stage_gives_the_uninterrupted_history(tmp_path, two_views, step, memory):
+    reference = two_views(memory)["state"]
     with pytest.raises(Interrupted):
         _engine(
             tmp_path, "run", _head(5), views=2, memory=memory, progress=_interrupt_at(step)
