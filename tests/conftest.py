@@ -16,6 +16,14 @@ os.environ.setdefault("TF_ONEDNN_USE_SYSTEM_ALLOCATOR", "1")
 import numpy as np
 import pytest
 
+from alexkit.commands._common import collector_paused
+
+# Every worker imports TensorFlow while collecting (test modules import it at the top):
+# with Python's garbage collector paused that costs 3.4 instead of 5.7 CPU-s (what the
+# CLI does for each command, alexkit.commands._common.collector_paused).
+with collector_paused():
+    import keras  # noqa: F401  (TensorFlow, Keras' backend, comes with it)
+
 # Longest files first (seconds of a worker on 2 cores, measured 2026-11-30). `pytest -n 2 --dist
 # loadfile` hands whole files to whichever worker is free, in collection order; xdist's
 # default reorder (most tests first) put these few-test, long files last, and one worker

@@ -101,3 +101,45 @@ def test_atomic_writes_have_ordinary_permissions(tmp_path):
     assert (target.stat().st_mode & 0o777) == (0o666 & ~umask)
     assert target.read_text() == "{}"
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # no temp file left
+
+
+@pytest.mark.parametrize("was_enabled", [True, False])
+def test_tensorflow_is_imported_with_the_collector_paused_then_frozen(was_enabled):
+    """What makes each command start ~2 CPU-s sooner: no garbage collection while
+    TensorFlow's objects are made, and none of them walked again afterwards."""
+    import gc
+
+    from alexkit.commands._common import collector_paused
+
+    before, frozen_before = gc.isenabled(), gc.get_freeze_count()
+    gc.unfreeze()  # (conftest froze what its TensorFlow import made)
+    (gc.enable if was_enabled else gc.disable)()
+    try:
+        with collector_paused():
+            assert not gc.isenabled()
+            made = [[i] for i in range(1000)]  # objects the collector tracks
+        assert gc.isenabled() is was_enabled
+        assert gc.get_freeze_count() >= len(made)
+    finally:
+        (gc.freeze if frozen_before else gc.unfreeze)()
+        (gc.enable if before else gc.disable)()
+
+
+def test_a_failing_tensorflow_import_leaves_the_collector_on(monkeypatch):
+    import builtins
+    import gc
+
+    from alexkit.commands import _common
+
+    real_import = builtins.__import__
+
+    def broken(name, *args, **kwargs):
+        if name == "tensorflow":
+            raise ImportError("no tensorflow here")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.delitem(sys.modules, "tensorflow")
+    monkeypatch.setattr(builtins, "__import__", broken)
+    with pytest.raises(ImportError, match="no tensorflow here"):
+        _common.import_tensorflow_quietly()
+    assert gc.isenabled()
