@@ -28,31 +28,31 @@ with collector_paused():
 # loadfile` hands whole files to whichever worker is free, in collection order; xdist's
 # default reorder (most tests first) put these few-test, long files last, and one worker
 # ran them alone for a minute and a half at the end. Longest-first keeps both busy to the
-# end. Files not listed keep their order, after these.
+# end (the two finished 5 s apart). Files not listed keep their order, after these.
 LONGEST_FILES_FIRST = (
-    "train/test_distribute_pretrain.py",  # ~65 s: eight TensorFlow processes
-    "test_examples.py",  # ~25 s: the xray workflow in bash, the features example
-    "test_model.py",  # ~30 s: AlexNet itself, full size
-    "train/test_resume.py",  # ~30 s: kill -9 and resume, in subprocesses
-    "test_export.py",
-    "train/test_feature_cache.py",
-    "test_jax_backend.py",  # ~20 s: AlexNet under JAX in a subprocess
-    "train/test_pretrain.py",
+    "train/test_distribute_pretrain.py",  # ~35 s: seven TensorFlow processes
+    "test_export.py",  # ~30 s: SavedModel, ONNX and LiteRT conversions
+    "test_examples.py",  # ~30 s: the xray workflow in bash, the features example
     "train/test_lean_checkpoints.py",
-    "test_distribute.py",
-    "test_evaluate_cli.py",
+    "test_jax_backend.py",  # ~25 s: AlexNet under JAX in a subprocess
+    "train/test_resume.py",  # ~25 s: kill -9 and resume, in subprocesses
+    "test_model.py",  # ~25 s: AlexNet itself, full size
     "test_explain.py",
+    "train/test_pretrain.py",
+    "test_evaluate_cli.py",
+    "train/test_feature_cache.py",
+    "test_distribute.py",
     "test_extract.py",
     "weights/test_weights.py",
+    "weights/test_weights_cli.py",
     "data/test_data.py",
     "test_crossval.py",
-    "train/test_engine.py",
     "train/test_finetune_precision.py",
-    "test_demo.py",
-    "weights/test_weights_cli.py",
-    "test_precision_commands.py",
     "test_report.py",
+    "test_precision_commands.py",
+    "test_demo.py",
     "train/test_finetune.py",
+    "train/test_engine.py",
 )
 
 
