@@ -18,12 +18,6 @@ import pytest
 
 from alexkit.commands._common import collector_paused
 
-# Every worker imports TensorFlow while collecting (test modules import it at the top):
-# with Python's garbage collector paused that costs 3.4 instead of 5.7 CPU-s (what the
-# CLI does for each command, alexkit.commands._common.collector_paused).
-with collector_paused():
-    import keras  # noqa: F401  (TensorFlow, Keras' backend, comes with it)
-
 # Longest files first (seconds of a worker on 2 cores, measured 2026-11-30). `pytest -n 2 --dist
 # loadfile` hands whole files to whichever worker is free, in collection order; xdist's
 # default reorder (most tests first) put these few-test, long files last, and one worker
@@ -59,6 +53,15 @@ LONGEST_FILES_FIRST = (
 def pytest_configure(config):
     if hasattr(config.option, "loadscopereorder"):  # pytest-xdist: keep the order below
         config.option.loadscopereorder = False
+    # Whatever collects tests imports TensorFlow (test modules import it at the top): with
+    # Python's garbage collector paused that costs 3.4 instead of 5.7 CPU-s, as the CLI
+    # does for each command. Not in xdist's controller, which collects nothing.
+    controller = not hasattr(config, "workerinput") and bool(
+        getattr(config.option, "numprocesses", None)
+    )
+    if not controller:
+        with collector_paused():
+            import keras  # noqa: F401  (TensorFlow, Keras' backend, comes with it)
 
 
 def pytest_collection_modifyitems(config, items):
