@@ -12,6 +12,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # from 6.7 to 5.4 GB, 2026-11-30). Only memory management changes, not any number. Set
 # before TensorFlow loads; the pytest workers and the tests' subprocesses inherit it.
 os.environ.setdefault("TF_ONEDNN_USE_SYSTEM_ALLOCATOR", "1")
+# The commands default to --precision auto: bfloat16 on CPUs with AVX512-BF16/AMX, float32
+# elsewhere. Tests compare with float32 oracles, so every process of the run (module-scoped
+# fixtures too, which are set up before the per-test `alexkit_home` below, and the
+# subprocesses they start) computes in float32 on every CPU unless a test asks otherwise.
+os.environ["ALEXKIT_PRECISION"] = "float32"
 
 import numpy as np
 import pytest
