@@ -15,7 +15,8 @@ os.environ.setdefault("TF_ONEDNN_USE_SYSTEM_ALLOCATOR", "1")
 # The commands default to --precision auto: bfloat16 on CPUs with AVX512-BF16/AMX, float32
 # elsewhere. Tests compare with float32 oracles, so every process of the run (module-scoped
 # fixtures too, which are set up before the per-test `alexkit_home` below, and the
-# subprocesses they start) computes in float32 on every CPU unless a test asks otherwise.
+# subprocesses they start) computes in float32 on every CPU. The precision tests ask for
+# bfloat16 or auto explicitly (or unset this with monkeypatch to test the default).
 os.environ["ALEXKIT_PRECISION"] = "float32"
 
 import numpy as np
@@ -108,10 +109,6 @@ def release_models_between_modules():
 def alexkit_home(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.mktemp("alexkit_home")
     monkeypatch.setenv("ALEXKIT_HOME", str(home))
-    # The commands default to --precision auto (bfloat16 on AMX/AVX512-BF16 CPUs): tests
-    # compare against float32 oracles on every machine, and the precision tests ask for
-    # bfloat16 or auto explicitly (or unset this to test the default).
-    monkeypatch.setenv("ALEXKIT_PRECISION", "float32")
     yield home
     # Weights a test registered (~230 MB per AlexNet) go with it, not at the session's end.
     import shutil

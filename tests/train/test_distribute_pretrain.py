@@ -81,7 +81,6 @@ def _env(root: Path, **extra: str) -> dict:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TMPDIR=str(root / "tmp"))
     env.pop("TF_CONFIG", None)
     env["ALEXKIT_HOME"] = str(root / "home")
-    env["ALEXKIT_PRECISION"] = "float32"  # as the oracle (the default is bfloat16 where fast)
     return {**env, **extra}
 
 
@@ -151,7 +150,8 @@ def _assert_same_run(a: list[dict], b: list[dict]) -> None:
 def single(setup):
     """The oracle: the same command with no --distribute, run here as the runner would.
 
-    Same cwd, ALEXKIT_HOME, precision, no TF_CONFIG and dropout 0; what the run sets
+    Same cwd, ALEXKIT_HOME, no TF_CONFIG and dropout 0 (float32: conftest sets
+    ALEXKIT_PRECISION for the whole test process and its children); what the run sets
     process-wide (the global seeds, op determinism) is put back afterwards.
     """
     import random
@@ -173,7 +173,6 @@ def single(setup):
         with pytest.MonkeyPatch.context() as patch:
             patch.chdir(setup)
             patch.setenv("ALEXKIT_HOME", str(setup / "home"))
-            patch.setenv("ALEXKIT_PRECISION", "float32")
             patch.delenv("TF_CONFIG", raising=False)
             patch.setattr(alexkit.model, "build_alexnet", no_dropout)
             cli = CliRunner().invoke(app, args)
